@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIPELINE ?= zoo
+
+export KEDRO_DISABLE_TELEMETRY := 1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test lint format repro viz bench clean-data
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## set up + kedro run the headline pipeline on the embedded default data
+	$(BIN)/kedro run --pipeline=$(PIPELINE)
+
+test: $(STAMP)  ## set up + lint + the whole test suite
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+repro: $(STAMP)  ## reproduce every DVC stage (cached)
+	$(BIN)/dvc repro
+
+viz: $(STAMP)  ## build the kedro-viz site into build/ (serve it over http to look)
+	$(BIN)/kedro viz build
+
+bench: $(STAMP)  ## speed benchmarks: print tables, write benchmarks/results/*.json
+	$(BIN)/python benchmarks/zoo_throughput.py

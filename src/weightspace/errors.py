@@ -1,0 +1,54 @@
+"""Errors raised by Weightspace.
+
+Every error says what was wrong and how to fix it. Each class also derives from the
+closest built-in exception (``ValueError``, ``KeyError``, ``FileNotFoundError``) so that
+generic ``except`` clauses in user code keep working.
+"""
+
+from __future__ import annotations
+
+
+class WeightspaceError(Exception):
+    """Base class of every error raised by the library."""
+
+
+class InvalidParameterError(WeightspaceError, ValueError):
+    """A configuration value is out of range or of the wrong type."""
+
+
+class UnknownArchitectureError(WeightspaceError, KeyError):
+    """An architecture name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownDatasetError(WeightspaceError, KeyError):
+    """A dataset (or transform) name is not known."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetNotFoundError(WeightspaceError, FileNotFoundError):
+    """A dataset that must be read from disk is not where the user said it is."""
+
+
+class CheckpointMismatchError(WeightspaceError, ValueError):
+    """A checkpoint does not match the parameter spec or architecture it is loaded into."""
+
+
+class CorruptCheckpointError(WeightspaceError, ValueError):
+    """A checkpoint's content does not match its recorded sha256, or cannot be parsed."""
+
+
+class NonFiniteWeightsError(WeightspaceError, ValueError):
+    """Weights contain NaN or infinity."""
+
+
+class EmptyZooError(WeightspaceError, ValueError):
+    """A zoo (or a selection from it) has no models."""
+
+
+class ShapeError(WeightspaceError, ValueError):
+    """A tensor has the wrong shape for the operation."""

@@ -1,0 +1,1 @@
+"""Reporting: tables and plots built from library results (matplotlib, no pyplot state)."""

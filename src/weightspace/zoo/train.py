@@ -1,0 +1,220 @@
+"""Train a stack of same-architecture models at once with ``torch.func`` (vmap).
+
+All ``B`` members of a stack share one architecture, batch size and optimiser kind; each
+has its own seed, task (data), learning rate, weight decay, epoch count and init scale.
+One step runs the whole stack: gather each member's minibatch from its own task, one
+vmapped forward, one backward of the summed per-member mean losses (the members'
+gradients do not mix), one stacked optimiser update. Nothing in the loop synchronises with
+the device (no ``.item()``), so on a GPU it is bound by the kernels, not by Python.
+
+Equivalence with a per-model loop (:mod:`weightspace.zoo.reference`): member ``b`` sees
+exactly the batches a ``DataLoader(shuffle=True)`` with the same order would give it
+(orders from :func:`weightspace.zoo.rng.permutation_keys`), the same initial weights
+(:func:`weightspace.zoo.init.init_stack`) and the same update rule. With BatchNorm, only
+full batches are used (``drop_last``) so that batch statistics never see padding, and
+running statistics of members that skip a step are restored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightspace.errors import InvalidParameterError
+from weightspace.nets.functional import batched_forward, float_buffers
+from weightspace.zoo.init import init_stack
+from weightspace.zoo.optim import StackedOptimizer
+from weightspace.zoo.rng import permutation_keys
+from weightspace.zoo.tasks import TaskStack
+
+ProgressFn = Callable[[int], None]
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    """True if the module contains BatchNorm layers."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@dataclass(frozen=True)
+class StackHParams:
+    """Per-member hyper-parameters of a stack, as tensors of shape (B,)."""
+
+    seeds: torch.Tensor
+    lr: torch.Tensor
+    weight_decay: torch.Tensor
+    epochs: torch.Tensor
+    init_scale: torch.Tensor
+
+    def to(self, device: torch.device | str) -> StackHParams:
+        """Move every tensor to ``device``."""
+        return StackHParams(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+@dataclass
+class StackResult:
+    """Trained stack: final tensors and optional per-epoch snapshots (on CPU)."""
+
+    final: dict[str, torch.Tensor]
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    train_loss: torch.Tensor | None = None  # (epochs_max, B) mean loss per epoch
+    finite: torch.Tensor | None = None  # (B,) False where training diverged to NaN/inf
+    steps: torch.Tensor | None = None  # (B,) optimiser steps taken by each member
+    snapshot_steps: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def train_stack(
+    template: nn.Module,
+    hp: StackHParams,
+    task_index: torch.Tensor,
+    data: TaskStack,
+    batch_size: int,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    drop_last: bool | None = None,
+    snapshot_epochs: Sequence[int] = (),
+    progress: ProgressFn | None = None,
+) -> StackResult:
+    """Train ``B`` models of one architecture together.
+
+    Parameters
+    ----------
+    template : nn.Module
+        Module of the architecture, on the training device.
+    hp : StackHParams
+        Per-member seeds and hyper-parameters, each (B,).
+    task_index : LongTensor (B,)
+        Which task of ``data`` each member trains on.
+    data : TaskStack
+        Padded training splits of the tasks.
+    batch_size : int
+        Minibatch size (shared by the stack).
+    optimizer : {"adam", "adamw", "sgd"}
+    momentum : float
+        SGD momentum.
+    drop_last : bool, optional
+        Skip each epoch's last partial batch; default True iff the model has BatchNorm.
+    snapshot_epochs : sequence of int
+        1-based epochs after which to keep a copy of every member still training.
+    progress : callable, optional
+        Called with the number of steps done since the last call.
+
+    Returns
+    -------
+    StackResult
+    """
+    device = data.x.device
+    hp = hp.to(device)
+    task_index = task_index.to(device)
+    bn = has_batch_norm(template)
+    drop_last = bn if drop_last is None else bool(drop_last)
+    if bn and not drop_last:
+        raise InvalidParameterError(
+            "BatchNorm models must train with drop_last=True so that batch statistics "
+            "never include padding; remove drop_last: false from the zoo hparams"
+        )
+    b = len(hp.seeds)
+    n_member = data.n[task_index]
+    if drop_last and bool((n_member < batch_size).any()):
+        raise InvalidParameterError(
+            f"batch_size={batch_size} is larger than the training set of some tasks "
+            f"(smallest {int(n_member.min())} samples) and drop_last is on, so they would "
+            "never train; lower batch_size"
+        )
+    template.train()
+    state = init_stack(template, hp.seeds, hp.init_scale, device=device)
+    p_names = [n for n, _ in template.named_parameters()]
+    shapes = [tuple(state[n].shape[1:]) for n in p_names]
+    sizes = [math.prod(s) for s in shapes]
+    flat = torch.cat([state[n].reshape(b, -1) for n in p_names], 1).requires_grad_(True)
+    buffers = {n: state[n] for n in float_buffers(template)}
+    opt = StackedOptimizer(flat, optimizer, hp.lr, hp.weight_decay, momentum=momentum)
+
+    def current() -> dict[str, torch.Tensor]:
+        views = flat.split(sizes, dim=1)
+        params = {n: v.view(b, *s) for n, v, s in zip(p_names, views, shapes, strict=True)}
+        return {**params, **buffers}
+
+    n_max = data.n_max
+    steps = n_max // batch_size if drop_last else math.ceil(n_max / batch_size)
+    epochs_host = hp.epochs.tolist()
+    max_epochs, min_epochs = max(epochs_host), min(epochs_host)
+    n_min = int(n_member.min())
+    arange_b = torch.arange(batch_size, device=device)
+    snap_at = {int(e) for e in snapshot_epochs if 0 < int(e) <= max_epochs}
+    result = StackResult(final={})
+    losses = torch.zeros(max_epochs, b, device=device)
+    for epoch in range(max_epochs):
+        order = permutation_keys(hp.seeds, epoch, n_member, n_max)
+        in_epoch = epoch < hp.epochs
+        loss_sum = torch.zeros(b, device=device)
+        for step in range(steps):
+            # Host-side knowledge (no device sync): is every member active at this step?
+            last = (step + 1) * batch_size if drop_last else step * batch_size + 1
+            all_active = epoch < min_epochs and last <= n_min
+            pos = step * batch_size + arange_b
+            valid = pos[None, :] < n_member[:, None]
+            n_valid = valid.sum(1)
+            full = n_valid == batch_size if drop_last else n_valid > 0
+            active = in_epoch & full
+            idx = order[:, pos.clamp(max=n_max - 1)]
+            xb, yb = data.gather(task_index, idx)
+            saved = {n: t.clone() for n, t in buffers.items()} if not all_active else {}
+            logits = batched_forward(template, current(), xb)
+            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+            if all_active:
+                per_model = ce.view(b, batch_size).mean(1)
+            else:
+                per_model = (ce.view(b, batch_size) * valid).sum(1) / n_valid.clamp(min=1)
+            (grad,) = torch.autograd.grad(per_model.sum(), flat)
+            opt.step(grad, active, all_active=all_active)
+            with torch.no_grad():
+                for n, old in saved.items():
+                    t = buffers[n]
+                    t.copy_(torch.where(active.view(-1, *([1] * (t.dim() - 1))), t, old))
+                loss_sum += per_model.detach() if all_active else per_model.detach() * active
+            if progress is not None:
+                progress(1)
+        losses[epoch] = loss_sum / max(steps, 1)
+        if epoch + 1 in snap_at:
+            result.snapshot_steps[epoch + 1] = opt.step_count.flatten().long().cpu()
+            result.snapshots[epoch + 1] = _to_cpu(current())
+    final = current()
+    result.finite = (
+        torch.stack([torch.isfinite(t.detach()).flatten(1).all(1) for t in final.values()])
+        .all(0)
+        .cpu()
+    )
+    result.final = _to_cpu(final)
+    result.train_loss = losses.cpu()
+    result.steps = opt.step_count.flatten().long().cpu()
+    return result
+
+
+@torch.no_grad()
+def predict_stack(
+    template: nn.Module,
+    stacked: dict[str, torch.Tensor],
+    task_index: torch.Tensor,
+    data: TaskStack,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Logits of every member on its own task's (padded) split: (B, N_max, n_classes)."""
+    template.eval()
+    device = data.x.device
+    stacked = {k: v.to(device) for k, v in stacked.items()}
+    task_index = task_index.to(device)
+    outs = []
+    for start in range(0, data.n_max, chunk):
+        pos = torch.arange(start, min(start + chunk, data.n_max), device=device)
+        xb, _ = data.gather(task_index, pos.expand(len(task_index), -1))
+        outs.append(batched_forward(template, stacked, xb))
+    return torch.cat(outs, dim=1)

@@ -1,0 +1,48 @@
+"""Project hooks: seed every generator and resolve ``device: auto`` once per run."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from kedro.framework.hooks import hook_impl
+
+from weightspace.device import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class WeightspaceHooks:
+    """Seeding and device selection from the global ``parameters.yml``."""
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        """Show the library's INFO logs (progress of zoo runs, resumes) next to Kedro's."""
+        for name in ("weightspace", "weightspace_kedro"):
+            logging.getLogger(name).setLevel(logging.INFO)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        """Seed Python, NumPy and torch from ``params:seed``; log the device in use."""
+        seed = self._param(catalog, "seed", 0)
+        device = resolve_device(self._param(catalog, "device", "auto"))
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        log.info(
+            "weightspace: seed=%d, device=%s, torch threads=%d",
+            seed,
+            device,
+            torch.get_num_threads(),
+        )
+
+    @staticmethod
+    def _param(catalog: Any, name: str, default: Any) -> Any:
+        key = f"params:{name}"
+        try:
+            return catalog.load(key) if key in catalog else default
+        except Exception:  # a catalog without parameters (tests): keep the default
+            return default

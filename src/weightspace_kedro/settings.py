@@ -1,0 +1,13 @@
+"""Kedro project settings: OmegaConfigLoader with one parameters file per pipeline."""
+
+from kedro.config import OmegaConfigLoader
+
+from weightspace_kedro.hooks import WeightspaceHooks
+
+HOOKS = (WeightspaceHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+}
