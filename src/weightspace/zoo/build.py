@@ -9,6 +9,7 @@ whose new checkpoints are in memory until saved.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -149,7 +150,9 @@ def _rows(
     epoch_of: Sequence[int],
     model_ids: Sequence[str],
     metrics: Mapping[str, torch.Tensor],
+    stack_seconds: float,
 ) -> list[dict]:
+    stack_id = hashlib.sha256("".join(m.member_id for m in members).encode()).hexdigest()[:12]
     rows = []
     for i, (m, mid, epoch) in enumerate(zip(members, model_ids, epoch_of, strict=True)):
         row = {
@@ -175,6 +178,8 @@ def _rows(
             "path": checkpoint_relpath(mid),
             "sha256": "",
             "library_version": weightspace.__version__,
+            "stack_id": stack_id,
+            "stack_seconds": stack_seconds,
         }
         for split in SPLIT_NAMES:
             for metric in ("accuracy", "nll", "ece"):
@@ -257,6 +262,7 @@ def train_zoo(
         mininterval=2.0,
     )
     for key, chunk in stacks:
+        stack_start = time.perf_counter()
         arch = archs[key]
         template = build_model(arch.name, arch.config, arch.input_shape, arch.n_classes).to(device)
         chunk_tasks = list(dict.fromkeys(m.task for m in chunk))
@@ -310,6 +316,7 @@ def train_zoo(
                 else:
                     src, steps = snaps[epoch], int(result.snapshot_steps[epoch][i])
                 new_tensors[mid] = _member_state(src, i, steps, template)
+        stack_seconds = time.perf_counter() - stack_start  # result is on the CPU: synced
         evaluations = [
             (result.final, [m.train.epochs for m in chunk], [m.member_id for m in chunk])
         ]
@@ -319,7 +326,7 @@ def train_zoo(
             )
         for state, epochs, mids in evaluations:
             metrics = evaluate_stack(template, state, task_index, split_stacks)
-            rows = _rows(chunk, arch, n_params, epochs, mids, metrics)
+            rows = _rows(chunk, arch, n_params, epochs, mids, metrics, stack_seconds)
             new_rows += [
                 r for r, ok in zip(rows, finite, strict=True) if ok and r["model_id"] in new_tensors
             ]

@@ -33,6 +33,7 @@ INDEX_COLUMNS = [
     "epoch", "epochs", "is_final", "n_params",
     "train_accuracy", "val_accuracy", "test_accuracy", "train_nll", "val_nll", "test_nll",
     "train_ece", "val_ece", "test_ece", "path", "sha256", "library_version",
+    "stack_id", "stack_seconds",
 ]  # fmt: skip
 
 

@@ -63,6 +63,9 @@ def train(
 def report(zoo: Zoo, run_report: dict[str, Any]) -> tuple[dict[str, float], Figure]:
     """Flat metrics of the zoo and its accuracy figure."""
     final = zoo.index[zoo.index["is_final"].astype(bool)]
+    # Training cost of the zoo as it stands, resumed members included: each stack's wall
+    # time (training only) counted once.
+    train_seconds = float(zoo.index.drop_duplicates("stack_id")["stack_seconds"].sum())
     metrics: dict[str, float] = {
         "n_models": len(final),
         "n_checkpoints": len(zoo.index),
@@ -72,7 +75,9 @@ def report(zoo: Zoo, run_report: dict[str, Any]) -> tuple[dict[str, float], Figu
         "mean_test_accuracy": float(final["test_accuracy"].mean()),
         "mean_test_nll": float(final["test_nll"].mean()),
         "mean_test_ece": float(final["test_ece"].mean()),
-        **{k: float(v) for k, v in run_report.items()},
+        "train_seconds": train_seconds,
+        "models_per_second": len(final) / train_seconds if train_seconds > 0 else 0.0,
+        **{f"run_{k}": float(v) for k, v in run_report.items()},
     }
     for arch, group in final.groupby("arch"):
         metrics[f"mean_test_accuracy_{arch}"] = float(group["test_accuracy"].mean())
