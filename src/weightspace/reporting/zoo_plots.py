@@ -40,9 +40,14 @@ def zoo_accuracy_figure(index: pd.DataFrame, metric: str = "test_accuracy") -> F
         if not keep:
             continue
         box = ax_task.boxplot(
-            [data[i] for i in keep], positions=positions[keep], orientation="horizontal", widths=height * 0.9,
-            patch_artist=True, manage_ticks=False, showfliers=False,
-        )  # fmt: skip
+            [data[i] for i in keep],
+            positions=positions[keep],
+            orientation="horizontal",
+            widths=height * 0.9,
+            patch_artist=True,
+            manage_ticks=False,
+            showfliers=False,
+        )
         color = f"C{a}"
         for patch in box["boxes"]:
             patch.set_facecolor(color)

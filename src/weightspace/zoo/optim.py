@@ -64,10 +64,13 @@ class StackedOptimizer:
         self.exp_avg_sq = torch.zeros_like(param) if kind != "sgd" else None
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, active: torch.Tensor, all_active: bool = False) -> None:
+    def step(
+        self, grad: torch.Tensor, active: torch.Tensor | None, all_active: bool = False
+    ) -> None:
         """One update of the members where ``active`` (BoolTensor (B,)) is True.
 
-        ``all_active=True`` promises that every member is active (skips masking).
+        ``all_active=True`` promises that every member is active (``active`` is ignored
+        and may be None; the masking kernels are skipped).
         """
         act = None if all_active else active.to(self.param.dtype).reshape(-1, 1)
         self.step_count += 1 if act is None else act

@@ -157,30 +157,36 @@ def train_stack(
         in_epoch = epoch < hp.epochs
         loss_sum = torch.zeros(b, device=device)
         for step in range(steps):
-            # Host-side knowledge (no device sync): is every member active at this step?
-            last = (step + 1) * batch_size if drop_last else step * batch_size + 1
-            all_active = epoch < min_epochs and last <= n_min
-            pos = step * batch_size + arange_b
-            valid = pos[None, :] < n_member[:, None]
-            n_valid = valid.sum(1)
-            full = n_valid == batch_size if drop_last else n_valid > 0
-            active = in_epoch & full
-            idx = order[:, pos.clamp(max=n_max - 1)]
-            xb, yb = data.gather(task_index, idx)
-            saved = {n: t.clone() for n, t in buffers.items()} if not all_active else {}
-            logits = batched_forward(template, current(), xb)
-            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
-            if all_active:
+            lo, hi = step * batch_size, (step + 1) * batch_size
+            # Host-side knowledge (no device sync): does every member train on a full batch
+            # at this step? Then no masking is needed (the common case).
+            simple = epoch < min_epochs and hi <= n_min
+            if simple:
+                xb, yb = data.gather(task_index, order[:, lo:hi])
+                logits = batched_forward(template, current(), xb)
+                ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
                 per_model = ce.view(b, batch_size).mean(1)
+                (grad,) = torch.autograd.grad(per_model.sum(), flat)
+                opt.step(grad, None, all_active=True)
+                loss_sum += per_model.detach()
             else:
+                pos = lo + arange_b
+                valid = pos[None, :] < n_member[:, None]
+                n_valid = valid.sum(1)
+                full = n_valid == batch_size if drop_last else n_valid > 0
+                active = in_epoch & full
+                xb, yb = data.gather(task_index, order[:, pos.clamp(max=n_max - 1)])
+                saved = {n: t.clone() for n, t in buffers.items()}
+                logits = batched_forward(template, current(), xb)
+                ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
                 per_model = (ce.view(b, batch_size) * valid).sum(1) / n_valid.clamp(min=1)
-            (grad,) = torch.autograd.grad(per_model.sum(), flat)
-            opt.step(grad, active, all_active=all_active)
-            with torch.no_grad():
-                for n, old in saved.items():
-                    t = buffers[n]
-                    t.copy_(torch.where(active.view(-1, *([1] * (t.dim() - 1))), t, old))
-                loss_sum += per_model.detach() if all_active else per_model.detach() * active
+                (grad,) = torch.autograd.grad(per_model.sum(), flat)
+                opt.step(grad, active)
+                with torch.no_grad():
+                    for n, old in saved.items():  # members that skip keep their BN stats
+                        t = buffers[n]
+                        t.copy_(torch.where(active.view(-1, *([1] * (t.dim() - 1))), t, old))
+                    loss_sum += per_model.detach() * active
             if progress is not None:
                 progress(1)
         losses[epoch] = loss_sum / max(steps, 1)

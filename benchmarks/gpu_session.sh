@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Everything the GPU box is used for, in one device-tool call (see README, "GPU box"):
+# install the carried wheels, check correctness on CUDA, benchmark zoo throughput,
+# train the GPU zoo with Kedro. Results land in $OUT (default: benchmarks/results).
+# Usage there: bash benchmarks/gpu_session.sh     (with .whl carried; see fetch-wheels.sh)
+set -euo pipefail
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl
+export PYTHONPATH=$PWD/src:/tmp/site KEDRO_DISABLE_TELEMETRY=1 DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+python3 benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json"
+python3 benchmarks/zoo_throughput.py --device cuda --n-batched 16384 --n-loop 5 \
+  --out "$OUT/zoo_throughput_cuda_16k.json"
+python3 benchmarks/zoo_throughput.py --device cuda --n-batched 65536 --n-loop 2 \
+  --out "$OUT/zoo_throughput_cuda_64k.json"
+if [ "${SKIP_KEDRO:-0}" != 1 ]; then
+  time python3 -m kedro run --env gpu --pipeline=zoo 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
+  cp data/08_reporting/zoo/metrics.json "$OUT/gpu_zoo_metrics.json"
+  cp data/08_reporting/zoo/accuracy.png "$OUT/gpu_zoo_accuracy.png"
+fi
