@@ -170,12 +170,7 @@ def test_bad_class_count_raises():
         build_model("mlp", {"hidden": [8]}, (1, 8, 8), 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: flat 'stages' lists, negative vgg head widths and non-positive resnet "
-    "stem_channels reach torch (TypeError/RuntimeError) or build silently instead of "
-    "raising InvalidParameterError",
-)
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @pytest.mark.parametrize(
     "config",
     [
@@ -237,7 +232,10 @@ def test_archspec_key_is_canonical_and_discriminating():
     a = ArchSpec("vgg", {"stages": ((4,),), "norm": "none"}, (1, 8, 8), 10)
     b = ArchSpec("vgg", {"norm": "none", "stages": [[4]]}, [1, 8, 8], 10)
     assert a.key == b.key and a == b
-    assert a.key == '{"config":{"norm":"none","stages":[[4]]},"input_shape":[1,8,8],"n_classes":10,"name":"vgg"}'  # noqa: E501
+    assert a.key == (
+        '{"config":{"norm":"none","stages":[[4]]},"input_shape":[1,8,8],"n_classes":10,'
+        '"name":"vgg"}'
+    )
     assert a != ArchSpec("vgg", {"stages": [[4]], "norm": "none"}, (1, 8, 8), 3)
     assert a != ArchSpec("vgg", {"stages": [[5]], "norm": "none"}, (1, 8, 8), 10)
     assert a != ArchSpec("vgg", {"stages": [[4]], "norm": "none"}, (1, 40), 10)
@@ -257,13 +255,14 @@ def test_batched_forward_matches_loop(name, config, input_shape):
     x = torch.rand(3, 4, *input_shape)
     out = batched_forward(template, stacked, x)
     assert out.shape == (3, 4, 5)
+    # vmap may pick other kernels than the per-module call: float rounding only.
     for b, m in enumerate(modules):
-        torch.testing.assert_close(out[b], m(x[b]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[b], m(x[b]), atol=1e-4, rtol=1e-4)
     shared = torch.rand(6, *input_shape)
     out = batched_forward(template, stacked, shared, shared_input=True)
     assert out.shape == (3, 6, 5)
     for b, m in enumerate(modules):
-        torch.testing.assert_close(out[b], m(shared), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[b], m(shared), atol=1e-4, rtol=1e-4)
     # The models really differ: the comparison is not vacuous.
     assert not torch.allclose(out[0], out[1])
 
@@ -297,7 +296,9 @@ def test_batched_forward_batchnorm_train_mode_uses_batch_stats():
 
 
 def test_stack_modules_shapes_and_values():
-    modules = [_randomize(build_model("vgg", {"stages": [[4]], "norm": "batch"}), s) for s in (0, 1)]
+    modules = [
+        _randomize(build_model("vgg", {"stages": [[4]], "norm": "batch"}), s) for s in (0, 1)
+    ]
     stacked = stack_modules(modules)
     assert set(stacked) == {n for n, _ in modules[0].named_parameters()} | set(
         float_buffers(modules[0])

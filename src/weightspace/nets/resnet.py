@@ -18,6 +18,10 @@ from weightspace.errors import InvalidParameterError
 from weightspace.nets.conv import batch_norm, check_norm, conv, global_avg_pool, spatial_dims
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _norm_or_identity(nd: int, channels: int, norm: str) -> nn.Module:
     return batch_norm(nd, channels) if norm == "batch" else nn.Identity()
 
@@ -75,10 +79,22 @@ class ResNet(nn.Module):
         super().__init__()
         nd = spatial_dims(input_shape)
         check_norm(norm)
-        if not stages or any(len(s) != 2 or int(s[0]) <= 0 or int(s[1]) <= 0 for s in stages):
+        pairs_ok = (
+            isinstance(stages, Sequence)
+            and len(stages) > 0
+            and all(
+                isinstance(s, Sequence) and len(s) == 2 and all(_is_positive_int(v) for v in s)
+                for s in stages
+            )
+        )
+        if not pairs_ok:
             raise InvalidParameterError(
                 f"resnet stages must be [channels, n_blocks] pairs of positive integers, "
                 f"got {stages!r}; e.g. stages: [[8, 1], [16, 2]]"
+            )
+        if not _is_positive_int(stem_channels):
+            raise InvalidParameterError(
+                f"resnet stem_channels must be a positive integer, got {stem_channels!r}"
             )
         self.stem = nn.Sequential(
             conv(nd, int(input_shape[0]), stem_channels, bias=norm == "none"),

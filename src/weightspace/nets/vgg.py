@@ -23,6 +23,21 @@ from weightspace.nets.conv import (
 )
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_nested_positive(stages: object) -> bool:
+    return (
+        isinstance(stages, Sequence)
+        and len(stages) > 0
+        and all(
+            isinstance(s, Sequence) and len(s) > 0 and all(_is_positive_int(c) for c in s)
+            for s in stages
+        )
+    )
+
+
 class VGG(nn.Module):
     """VGG-style classifier.
 
@@ -52,10 +67,14 @@ class VGG(nn.Module):
         super().__init__()
         nd = spatial_dims(input_shape)
         check_norm(norm)
-        if not stages or any(not s or any(int(c) <= 0 for c in s) for s in stages):
+        if not _is_nested_positive(stages):
             raise InvalidParameterError(
                 f"vgg stages must be non-empty lists of positive channel counts, got "
                 f"{stages!r}; e.g. stages: [[8], [16, 16]]"
+            )
+        if not all(_is_positive_int(w) for w in hidden):
+            raise InvalidParameterError(
+                f"vgg hidden widths must be positive integers, got {hidden!r}"
             )
         layers: list[nn.Module] = []
         c_prev, size = int(input_shape[0]), min(int(s) for s in input_shape[1:])

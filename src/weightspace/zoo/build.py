@@ -167,6 +167,7 @@ def _rows(
             "task": m.task.name,
             "task_spec": canonical_json(m.task.to_dict()),
             "seed": m.seed,
+            "data_seed": m.data_seed,
             "hparams": canonical_json(m.train.to_dict()),
             "lr": m.train.lr,
             "weight_decay": m.train.weight_decay,
@@ -324,12 +325,19 @@ def train_zoo(
             evaluations.append(
                 (state, [epoch] * len(chunk), [f"{m.member_id}-e{epoch:03d}" for m in chunk])
             )
+        keep = [i for i, ok in enumerate(finite) if ok]  # diverged members are not evaluated
+        kept = [chunk[i] for i in keep]
+        keep_t = torch.tensor(keep, dtype=torch.long)
         for state, epochs, mids in evaluations:
-            metrics = evaluate_stack(template, state, task_index, split_stacks)
-            rows = _rows(chunk, arch, n_params, epochs, mids, metrics, stack_seconds)
-            new_rows += [
-                r for r, ok in zip(rows, finite, strict=True) if ok and r["model_id"] in new_tensors
-            ]
+            if not keep:
+                break
+            sub = {k: v[keep_t] for k, v in state.items()}
+            metrics = evaluate_stack(template, sub, task_index[keep_t.to(device)], split_stacks)
+            rows = _rows(
+                kept, arch, n_params, [epochs[i] for i in keep], [mids[i] for i in keep],
+                metrics, stack_seconds,
+            )  # fmt: skip
+            new_rows += [r for r in rows if r["model_id"] in new_tensors]
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,6 +1,7 @@
 """One checkpoint per zoo model: a safetensors file with its config in the metadata.
 
-The tensors are the module's full ``state_dict``; the metadata (strings) carry
+The tensors are the module's full ``state_dict``; the metadata (one canonical JSON string
+under the key ``weightspace``, so identical checkpoints are identical bytes) carry
 ``format``, ``model_id``, ``member`` (the :class:`~weightspace.zoo.spec.MemberSpec` JSON),
 ``arch`` (the :class:`~weightspace.nets.ArchSpec` JSON), ``epoch`` and
 ``library_version``, so any code can rebuild the module from the file alone. Files are
@@ -31,6 +32,7 @@ from weightspace.errors import (
 from weightspace.nets.registry import ArchSpec
 
 FORMAT = "weightspace-checkpoint/1"
+META_KEY = "weightspace"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ def encode(state: Mapping[str, torch.Tensor], arch: ArchSpec, metadata: Mapping[
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta.update(format=FORMAT, arch=arch.key, library_version=weightspace.__version__)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return st_save(tensors, metadata=meta)
+    # One metadata key holding canonical JSON: safetensors keeps metadata in a hash map
+    # whose order varies between writes, which would make identical checkpoints differ.
+    return st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def write(
@@ -71,7 +75,7 @@ def write(
 def _read_metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
-    return dict(header.get("__metadata__", {}))
+    return dict(json.loads(header["__metadata__"][META_KEY]))
 
 
 def read(
@@ -100,7 +104,7 @@ def read(
         state = dict(st_load(data))
         metadata = _read_metadata(data)
         arch = ArchSpec.from_dict(json.loads(metadata["arch"]))
-    except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise CorruptCheckpointError(
             f"checkpoint {os.fspath(path)!r} cannot be parsed as a Weightspace checkpoint "
             f"({exc}); delete it and re-run the zoo pipeline"

@@ -39,6 +39,20 @@ class TrainConfig:
     init_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "momentum", "init_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidParameterError(
+                    f"invalid zoo training parameter: {name} must be a number, got {value!r}"
+                )
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (
+                isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            ):
+                raise InvalidParameterError(
+                    f"invalid zoo training parameter: {name} must be an integer, got {value!r}"
+                )
         checks = [
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),

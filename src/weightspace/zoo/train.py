@@ -156,6 +156,7 @@ def train_stack(
         order = permutation_keys(hp.seeds, epoch, n_member, n_max)
         in_epoch = epoch < hp.epochs
         loss_sum = torch.zeros(b, device=device)
+        n_steps = torch.zeros(b, device=device)  # each member's own steps this epoch
         for step in range(steps):
             lo, hi = step * batch_size, (step + 1) * batch_size
             # Host-side knowledge (no device sync): does every member train on a full batch
@@ -169,6 +170,7 @@ def train_stack(
                 (grad,) = torch.autograd.grad(per_model.sum(), flat)
                 opt.step(grad, None, all_active=True)
                 loss_sum += per_model.detach()
+                n_steps += 1
             else:
                 pos = lo + arange_b
                 valid = pos[None, :] < n_member[:, None]
@@ -187,9 +189,10 @@ def train_stack(
                         t = buffers[n]
                         t.copy_(torch.where(active.view(-1, *([1] * (t.dim() - 1))), t, old))
                     loss_sum += per_model.detach() * active
+                    n_steps += active
             if progress is not None:
                 progress(1)
-        losses[epoch] = loss_sum / max(steps, 1)
+        losses[epoch] = loss_sum / n_steps.clamp(min=1)
         if epoch + 1 in snap_at:
             result.snapshot_steps[epoch + 1] = opt.step_count.flatten().long().cpu()
             result.snapshots[epoch + 1] = _to_cpu(current())

@@ -29,7 +29,8 @@ INDEX_FILE = "index.parquet"
 CHECKPOINT_DIR = "checkpoints"
 INDEX_COLUMNS = [
     "model_id", "member_id", "arch", "arch_config", "arch_key", "input_shape", "n_classes",
-    "dataset", "task", "task_spec", "seed", "hparams", "lr", "weight_decay", "init_scale",
+    "dataset", "task", "task_spec", "seed", "data_seed", "hparams", "lr", "weight_decay",
+    "init_scale",
     "epoch", "epochs", "is_final", "n_params",
     "train_accuracy", "val_accuracy", "test_accuracy", "train_nll", "val_nll", "test_nll",
     "train_ece", "val_ece", "test_ece", "path", "sha256", "library_version",
@@ -217,5 +218,6 @@ def _member_json(row: pd.Series) -> str:
             "task": json.loads(row["task_spec"]),
             "seed": int(row["seed"]),
             "train": json.loads(row["hparams"]),
+            "data_seed": int(row["data_seed"]),
         }
     )

@@ -14,12 +14,14 @@ from safetensors.torch import save as st_save
 from weightspace.atomic import atomic_write_bytes
 
 Bundle = dict[str, dict[str, Any]]
+_KEY = "bundle"
 
 
 class TensorBundleDataset(AbstractDataset[Bundle, Bundle]):
     """``{"tensors": {name: Tensor}, "metadata": {key: JSON-able}}`` as one safetensors file.
 
-    Metadata values are stored as JSON strings and decoded on load.
+    The metadata are stored as one canonical JSON string (identical bundles are identical
+    bytes) and decoded on load.
     """
 
     def __init__(self, filepath: str, metadata: dict | None = None):
@@ -34,15 +36,13 @@ class TensorBundleDataset(AbstractDataset[Bundle, Bundle]):
         data = path.read_bytes()
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-        return {
-            "tensors": dict(st_load(data)),
-            "metadata": {k: json.loads(v) for k, v in meta.items()},
-        }
+        return {"tensors": dict(st_load(data)), "metadata": json.loads(meta.get(_KEY, "{}"))}
 
     def save(self, data: Bundle) -> None:
         """Write atomically."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in data["tensors"].items()}
-        meta = {k: json.dumps(v) for k, v in data.get("metadata", {}).items()}
+        # One key of canonical JSON: safetensors' metadata map has no stable order.
+        meta = {_KEY: json.dumps(data.get("metadata", {}), sort_keys=True)}
         path = Path(get_filepath_str(self._filepath, self._protocol))
         atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
