@@ -57,10 +57,11 @@ def train_one(
     x, y = split.x.to(device), split.y.to(device)
     n = len(split)
     model.train()
+    seed_t, n_t = torch.tensor([seed], device=device), torch.tensor([n], device=device)
     for epoch in range(epochs):
-        order = permutation_keys(torch.tensor([seed]), epoch, torch.tensor([n]), n)[0]
+        order = permutation_keys(seed_t, epoch, n_t, n)[0]  # on the device: no host copies
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size].to(device)
+            idx = order[start : start + batch_size]
             if drop_last and len(idx) < batch_size:
                 break
             loss = F.cross_entropy(model(x[idx]), y[idx])
