@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIPELINE ?= zoo
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 
 export KEDRO_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
@@ -12,7 +14,8 @@ export DVC_NO_ANALYTICS := 1
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]" \
+	  2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $(STAMP)
 
 run: $(STAMP)  ## set up + kedro run the headline pipeline on the embedded default data

@@ -30,6 +30,11 @@ def spatial_dims(input_shape: Sequence[int]) -> int:
     return nd
 
 
+def is_positive_int(value: object) -> bool:
+    """True for a (non-bool) int > 0: config values that size a layer."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def check_norm(norm: str) -> str:
     """Validate a normalisation name (``"none"`` or ``"batch"``)."""
     if norm not in NORMS:

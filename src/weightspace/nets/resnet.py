@@ -15,11 +15,14 @@ import torch
 from torch import nn
 
 from weightspace.errors import InvalidParameterError
-from weightspace.nets.conv import batch_norm, check_norm, conv, global_avg_pool, spatial_dims
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+from weightspace.nets.conv import (
+    batch_norm,
+    check_norm,
+    conv,
+    global_avg_pool,
+    is_positive_int,
+    spatial_dims,
+)
 
 
 def _norm_or_identity(nd: int, channels: int, norm: str) -> nn.Module:
@@ -83,7 +86,7 @@ class ResNet(nn.Module):
             isinstance(stages, Sequence)
             and len(stages) > 0
             and all(
-                isinstance(s, Sequence) and len(s) == 2 and all(_is_positive_int(v) for v in s)
+                isinstance(s, Sequence) and len(s) == 2 and all(is_positive_int(v) for v in s)
                 for s in stages
             )
         )
@@ -92,7 +95,7 @@ class ResNet(nn.Module):
                 f"resnet stages must be [channels, n_blocks] pairs of positive integers, "
                 f"got {stages!r}; e.g. stages: [[8, 1], [16, 2]]"
             )
-        if not _is_positive_int(stem_channels):
+        if not is_positive_int(stem_channels):
             raise InvalidParameterError(
                 f"resnet stem_channels must be a positive integer, got {stem_channels!r}"
             )

@@ -18,13 +18,10 @@ from weightspace.nets.conv import (
     check_norm,
     conv,
     global_avg_pool,
+    is_positive_int,
     max_pool,
     spatial_dims,
 )
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _is_nested_positive(stages: object) -> bool:
@@ -32,7 +29,7 @@ def _is_nested_positive(stages: object) -> bool:
         isinstance(stages, Sequence)
         and len(stages) > 0
         and all(
-            isinstance(s, Sequence) and len(s) > 0 and all(_is_positive_int(c) for c in s)
+            isinstance(s, Sequence) and len(s) > 0 and all(is_positive_int(c) for c in s)
             for s in stages
         )
     )
@@ -72,7 +69,7 @@ class VGG(nn.Module):
                 f"vgg stages must be non-empty lists of positive channel counts, got "
                 f"{stages!r}; e.g. stages: [[8], [16, 16]]"
             )
-        if not all(_is_positive_int(w) for w in hidden):
+        if not all(is_positive_int(w) for w in hidden):
             raise InvalidParameterError(
                 f"vgg hidden widths must be positive integers, got {hidden!r}"
             )

@@ -478,3 +478,14 @@ def test_checkpoint_metadata_identifies_a_member_with_a_data_seed(digits, tmp_pa
     zoo.save(tmp_path)
     meta = checkpoint.read(zoo.file_path(member.member_id)).metadata
     assert MemberSpec.from_dict(json.loads(meta["member"])).member_id == member.member_id
+
+
+def test_same_grid_same_seed_gives_identical_zoo_files(digits, members, tmp_path):
+    # Determinism on CPU: the whole zoo (weights, metrics, checkpoint bytes) repeats.
+    first, _ = train_zoo(members, digits, options=CPU)
+    second, _ = train_zoo(members, digits, options=CPU)
+    first.save(tmp_path / "a")
+    second.save(tmp_path / "b")
+    assert first.index["sha256"].tolist() == second.index["sha256"].tolist()
+    cols = ["model_id", "test_accuracy", "test_nll", "val_ece"]
+    assert first.index[cols].equals(second.index[cols])
