@@ -45,12 +45,12 @@ def train_one(
             m.num_batches_tracked.zero_()
     drop_last = has_batch_norm(model) if drop_last is None else drop_last
     if optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=False)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     elif optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=False)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
         opt = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=False
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
         )
     else:
         raise InvalidParameterError(f"unknown optimizer {optimizer!r}")
