@@ -52,3 +52,7 @@ class EmptyZooError(WeightspaceError, ValueError):
 
 class ShapeError(WeightspaceError, ValueError):
     """A tensor has the wrong shape for the operation."""
+
+
+class GateError(WeightspaceError, RuntimeError):
+    """A quality gate between pipeline stages failed (e.g. the D2NWG VAE reconstruction)."""

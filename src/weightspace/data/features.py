@@ -118,3 +118,54 @@ def class_feature_sets(
         pick = idx[torch.randperm(len(idx), generator=gen)[:shots]]
         out.append(features[pick])
     return torch.stack(out)
+
+
+class ClassFeatureBank:
+    """Per-task, per-class features from which fresh support sets are drawn.
+
+    D2NWG draws a new conditioning sample at every batch ("we ensure diversity in the
+    training data by sampling a new conditioned image at every batch"); the bank makes
+    that a single gather.
+
+    Parameters
+    ----------
+    feats : Tensor (T, K, N_max, d)
+        Features of class ``k`` of task ``t`` (padded).
+    counts : LongTensor (T, K)
+        Real samples per class.
+    """
+
+    def __init__(self, feats: torch.Tensor, counts: torch.Tensor) -> None:
+        if feats.ndim != 4 or counts.shape != feats.shape[:2]:
+            raise ShapeError(
+                f"feats must be (T, K, N, d) and counts (T, K), got {tuple(feats.shape)} "
+                f"and {tuple(counts.shape)}"
+            )
+        if bool((counts < 1).any()):
+            raise InvalidParameterError("every class of every task needs at least one sample")
+        self.feats, self.counts = feats, counts
+
+    @classmethod
+    def from_splits(
+        cls, splits: Sequence[tuple[torch.Tensor, torch.Tensor]], n_classes: int
+    ) -> ClassFeatureBank:
+        """Build from ``(features (N, d), labels (N,))`` per task, labels in ``[0, K)``."""
+        per_task = [[x[y == k] for k in range(n_classes)] for x, y in splits]
+        n_max = max(len(c) for task in per_task for c in task)
+        d = splits[0][0].shape[1]
+        feats = torch.zeros(len(splits), n_classes, n_max, d)
+        counts = torch.zeros(len(splits), n_classes, dtype=torch.long)
+        for t, task in enumerate(per_task):
+            for k, c in enumerate(task):
+                feats[t, k, : len(c)] = c
+                counts[t, k] = len(c)
+        return cls(feats, counts)
+
+    def sample(self, tasks: torch.Tensor, shots: int, generator: torch.Generator) -> torch.Tensor:
+        """Support sets ``(b, K, shots, d)`` for tasks ``(b,)`` (with replacement)."""
+        counts = self.counts[tasks]  # (b, K)
+        u = torch.rand((*counts.shape, shots), generator=generator)
+        idx = (u * counts[..., None]).long()  # (b, K, S)
+        t = tasks[:, None, None].expand_as(idx)
+        k = torch.arange(counts.shape[1])[None, :, None].expand_as(idx)
+        return self.feats[t, k, idx]

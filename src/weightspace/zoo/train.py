@@ -18,7 +18,7 @@ running statistics of members that skip a step are restored.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -82,6 +82,7 @@ def train_stack(
     drop_last: bool | None = None,
     snapshot_epochs: Sequence[int] = (),
     progress: ProgressFn | None = None,
+    init: Mapping[str, torch.Tensor] | None = None,
 ) -> StackResult:
     """Train ``B`` models of one architecture together.
 
@@ -106,6 +107,9 @@ def train_stack(
         1-based epochs after which to keep a copy of every member still training.
     progress : callable, optional
         Called with the number of steps done since the last call.
+    init : mapping name -> Tensor (B, *shape), optional
+        Start from these parameters and float buffers (fine-tuning generated or zoo
+        weights) instead of the seeded initialisation; ``hp.seeds`` still orders batches.
 
     Returns
     -------
@@ -131,6 +135,13 @@ def train_stack(
         )
     template.train()
     state = init_stack(template, hp.seeds, hp.init_scale, device=device)
+    if init is not None:
+        missing = sorted(set(state) - set(init))
+        if missing:
+            raise InvalidParameterError(f"init lacks tensors {missing[:5]} of the architecture")
+        state = {
+            k: init[k].detach().to(device=device, dtype=v.dtype).clone() for k, v in state.items()
+        }
     p_names = [n for n, _ in template.named_parameters()]
     shapes = [tuple(state[n].shape[1:]) for n in p_names]
     sizes = [math.prod(s) for s in shapes]

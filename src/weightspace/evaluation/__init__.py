@@ -1,0 +1,1 @@
+"""Evaluation of generated weights: few-shot heads, fine-tuning curves, memorization."""

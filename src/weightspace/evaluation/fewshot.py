@@ -1,0 +1,89 @@
+"""Evaluate classifier heads on k-way tasks: zero-shot accuracy, fine-tuning curves.
+
+The support set of a task is ``shots`` labelled samples per class drawn from its training
+split; the query set is its test split. Fine-tuning runs ``k`` full-batch steps on the
+support set (so one epoch is one step) from a given initialisation, with the batched
+trainer of :mod:`weightspace.zoo.train`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from weightspace.data.base import Split, SplitDataset
+from weightspace.data.tasks import TaskSpec, make_task
+from weightspace.zoo.tasks import TaskStack
+from weightspace.zoo.train import StackHParams, predict_stack, train_stack
+
+
+def task_datasets(pool: SplitDataset, tasks: Sequence[tuple[int, ...]]) -> list[SplitDataset]:
+    """The relabelled dataset of every class tuple (label ``j`` = ``classes[j]``)."""
+    return [make_task(pool, TaskSpec(pool.name, classes=tuple(c))) for c in tasks]
+
+
+def support_split(ds: SplitDataset, shots: int, seed: int) -> Split:
+    """``shots`` training samples per class (deterministic in ``seed``)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = []
+    for k in range(ds.n_classes):
+        members = (ds.train.y == k).nonzero().flatten()
+        idx.append(members[torch.randperm(len(members), generator=gen)[:shots]])
+    pick = torch.cat(idx)
+    return Split(ds.train.x[pick], ds.train.y[pick])
+
+
+@torch.no_grad()
+def accuracy_on(
+    template: nn.Module,
+    stacked: Mapping[str, torch.Tensor],
+    task_index: torch.Tensor,
+    data: TaskStack,
+) -> torch.Tensor:
+    """Accuracy ``(B,)`` of each model on its own task's (padded) split."""
+    logits = predict_stack(template, dict(stacked), task_index, data)
+    t = task_index.to(data.y.device)
+    labels = data.y[t]
+    mask = torch.arange(data.n_max, device=labels.device)[None, :] < data.n[t][:, None]
+    correct = (logits.argmax(-1) == labels) & mask
+    return (correct.sum(1) / mask.sum(1)).cpu()
+
+
+def finetune_curves(
+    template: nn.Module,
+    init: Mapping[str, torch.Tensor],
+    task_index: torch.Tensor,
+    support: TaskStack,
+    query: TaskStack,
+    steps: Sequence[int],
+    lr: float,
+    optimizer: str = "adam",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Query accuracy before and after ``steps`` full-batch steps on the support sets.
+
+    Returns
+    -------
+    Tensor (B, 1 + len(steps))
+        Column 0 is the accuracy of ``init`` itself.
+    """
+    b = len(task_index)
+    out = [accuracy_on(template, init, task_index, query)]
+    k = max(steps)
+    hp = StackHParams(
+        seeds=torch.arange(b) + seed,
+        lr=torch.full((b,), lr),
+        weight_decay=torch.zeros(b),
+        epochs=torch.full((b,), k),
+        init_scale=torch.ones(b),
+    )
+    result = train_stack(
+        template, hp, task_index, support, support.n_max, optimizer=optimizer,
+        snapshot_epochs=list(steps), init=init,
+    )  # fmt: skip
+    for s in steps:
+        state = result.final if s == k else result.snapshots[s]
+        out.append(accuracy_on(template, state, task_index, query))
+    return torch.stack(out, 1)
