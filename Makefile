@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PIPELINE ?= zoo
+PIPELINE ?= d2nwg
 SHELL := bash
 .SHELLFLAGS := -o pipefail -c
 

@@ -68,7 +68,26 @@ def test_kedro_run_env_test_zoo_then_vectorize(project):
     assert again["run_n_trained"] == 1 and again["run_n_reused"] == 15
 
 
+def test_kedro_run_env_test_d2nwg(project):
+    _kedro(project, "run", "--env", "test", "--pipeline", "d2nwg")
+    metrics = json.loads((project / "data/08_reporting/d2nwg/metrics.json").read_text())
+    required = [
+        "seen_zoo_mean_acc", "seen_sampled_mean_acc", "seen_sampled_best_acc",
+        "unseen_oracle_acc", "unseen_sampled_mean_acc", "unseen_random_init_acc",
+        "unseen_finetune_sampled_acc", "unseen_finetune_random_acc",
+        "unseen_finetune_nearest_acc", "novel_oracle_acc", "novel_sampled_mean_acc",
+        "vae_recon_acc_ratio", "memorization_similarity", "noise_baseline_similarity",
+        "sample_seconds_per_model",
+    ]  # fmt: skip
+    assert not [k for k in required if k not in metrics]
+    assert all(0.0 <= metrics[k] <= 1.0 for k in required if k.endswith("acc"))
+    assert metrics["n_zoo_heads"] == 12
+    for plot in ("accuracy_hist", "finetune_curves", "latents"):
+        assert (project / f"data/08_reporting/d2nwg/{plot}.png").stat().st_size > 5_000
+    assert (project / "data/06_models/d2nwg/generator.safetensors").exists()
+
+
 def test_registry_lists_pipelines(project):
     out = _kedro(project, "registry", "list").stdout
-    for name in ("zoo", "vectorize", "__default__"):
+    for name in ("zoo", "vectorize", "d2nwg", "__default__"):
         assert f"- {name}" in out

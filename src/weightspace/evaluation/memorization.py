@@ -58,7 +58,8 @@ def memorization_audit(
     dict
         ``memorization_similarity`` (mean agreement with the nearest zoo member),
         ``noise_baseline_similarity`` (mean agreement of noisy zoo copies with their
-        originals), ``nearest_distance`` (median L2 distance), ``noise_std``.
+        originals), ``zoo_pair_similarity`` (agreement of two zoo members of one task:
+        independent runs), ``nearest_distance`` (median L2 distance), ``noise_std``.
     """
     g, z = _flat(generated), _flat(zoo)
     dist = torch.cdist(g, z)
@@ -72,9 +73,17 @@ def memorization_audit(
     gen = torch.Generator().manual_seed(seed)
     noisy = {k: v + std * torch.randn(v.shape, generator=gen) for k, v in zoo.items()}
     base = _agreement(template, noisy, zoo, zoo_task, data)
+    # Independent training runs of the same task (another zoo member): how similar two
+    # models that are certainly not copies of each other are.
+    partner = torch.empty(len(zoo_task), dtype=torch.long)
+    for t in zoo_task.unique():
+        rows = (zoo_task == t).nonzero().flatten()
+        partner[rows] = rows.roll(1)
+    pairs = _agreement(template, zoo, {k: v[partner] for k, v in zoo.items()}, zoo_task, data)
     return {
         "memorization_similarity": float(sim.mean()),
         "noise_baseline_similarity": float(base.mean()),
+        "zoo_pair_similarity": float(pairs.mean()),
         "nearest_distance": median,
         "noise_std": std,
     }

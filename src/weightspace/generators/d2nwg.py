@@ -31,7 +31,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from weightspace.data.features import ClassFeatureBank
-from weightspace.errors import CheckpointMismatchError, InvalidParameterError, ShapeError
+from weightspace.errors import (
+    CheckpointMismatchError,
+    GateError,
+    InvalidParameterError,
+    ShapeError,
+)
 from weightspace.generators.alignment import AlignmentHead, align_encoder
 from weightspace.generators.dataset_encoder import DatasetEncoderConfig, SetDatasetEncoder
 from weightspace.generators.denoiser import ChunkDenoiser, ChunkDenoiserConfig
@@ -228,6 +233,26 @@ def fit_vae(model: D2NWG, chunks: torch.Tensor, seed: int, progress: bool = Fals
     model.vae.fit_latent_scale(chunks)
     model.vae.requires_grad_(False)
     return losses
+
+
+def check_vae_gate(
+    acc_reconstructed: torch.Tensor, acc_original: torch.Tensor, threshold: float
+) -> float:
+    """The VAE gate: decoded zoo models must keep ``threshold`` of the originals' accuracy.
+
+    Returns the ratio of mean accuracies; raises :class:`GateError` below ``threshold``
+    (diffusion on a VAE that cannot reconstruct working weights only produces chance-level
+    models: the failure p-diff users report).
+    """
+    ratio = float(acc_reconstructed.mean() / acc_original.mean().clamp(min=1e-12))
+    if ratio < threshold:
+        raise GateError(
+            f"VAE gate failed: decoded zoo models reach {ratio:.3f} of the originals' accuracy "
+            f"(mean {float(acc_reconstructed.mean()):.3f} vs {float(acc_original.mean()):.3f}, "
+            f"threshold {threshold}). Train the VAE longer (vae_epochs), widen it (vae_hidden, "
+            "latent_dim) or lower beta before training diffusion"
+        )
+    return ratio
 
 
 @torch.no_grad()
