@@ -21,3 +21,10 @@ if [ "${SKIP_KEDRO:-0}" != 1 ]; then
   cp data/08_reporting/zoo/metrics.json "$OUT/gpu_zoo_metrics.json"
   cp data/08_reporting/zoo/accuracy.png "$OUT/gpu_zoo_accuracy.png"
 fi
+if [ "${D2NWG:-0}" = 1 ]; then
+  time python3 benchmarks/d2nwg_targets.py --env gpu 2>&1 | grep -vE "step/s\]|^\s+$" | tail -60
+  cp benchmarks/results/d2nwg_gpu.json "$OUT/" 2>/dev/null || true
+  for f in accuracy_hist finetune_curves latents; do
+    cp "data/08_reporting/d2nwg/$f.png" "$OUT/d2nwg_gpu_$f.png" 2>/dev/null || true
+  done
+fi

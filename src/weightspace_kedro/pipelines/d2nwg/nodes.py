@@ -298,7 +298,21 @@ def evaluate(
         data["seen"].test,
     )
     random_acc = accuracy_on(template, random_init, torch.arange(n_u), u.test)
+    # Speed: batched generation, and the per-model loop training to the sampled accuracy.
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    gen_n = ev_p.get("throughput_candidates", 50)
+    models_per_s = ev.generation_throughput(sampler, u.support_sets, gen_n, sync)
+    target = float(res["unseen"]["test"].view(n_u, k).mean(1)[0])
+    train_s, train_epochs = ev.seconds_to_match(
+        lambda: build_model(HEAD["name"], HEAD["config"], pool.dataset.input_shape, way),
+        groups["unseen"][0], target, params["heads_zoo"]["train"]["lr"],
+        params["heads_zoo"]["train"]["batch_size"], device=dev,
+    )  # fmt: skip
     metrics = {
+        "generated_models_per_second": models_per_s,
+        "train_seconds_to_sampled_acc": train_s,
+        "train_epochs_to_sampled_acc": float(train_epochs),
+        "generation_speedup_vs_training": train_s * models_per_s,
         "seen_zoo_mean_acc": float(zoo_seen_acc.mean()),
         "seen_sampled_mean_acc": float(res["seen"]["test"].mean()),
         "seen_sampled_best_acc": float(res["seen"]["best"].mean()),

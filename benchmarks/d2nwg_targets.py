@@ -1,0 +1,76 @@
+"""D2NWG against the issue's targets: runs the pipeline (or reads its last metrics).
+
+    python benchmarks/d2nwg_targets.py                 # kedro run --pipeline=d2nwg, then the table
+    python benchmarks/d2nwg_targets.py --env gpu       # on the GPU box
+    python benchmarks/d2nwg_targets.py --no-run        # only read data/08_reporting/d2nwg
+
+Prints one row per target (measured figure, target, pass/miss) and writes
+``benchmarks/results/d2nwg_<env>.json``. Nothing is tuned here: the figures are the
+pipeline's own metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def targets(m: dict) -> list[tuple[str, float, str, bool]]:
+    """(name, measured, target text, met) rows."""
+    r = lambda a, b: m[a] / m[b] if m[b] else float("nan")  # noqa: E731
+    return [
+        ("seen sampled mean / zoo mean", r("seen_sampled_mean_acc", "seen_zoo_mean_acc"), ">= 0.98",
+         r("seen_sampled_mean_acc", "seen_zoo_mean_acc") >= 0.98),
+        ("seen best-of-K - zoo mean", m["seen_sampled_best_acc"] - m["seen_zoo_mean_acc"], ">= 0",
+         m["seen_sampled_best_acc"] >= m["seen_zoo_mean_acc"]),
+        ("unseen sampled mean / oracle", r("unseen_sampled_mean_acc", "unseen_oracle_acc"),
+         ">= 0.9", r("unseen_sampled_mean_acc", "unseen_oracle_acc") >= 0.9),
+        ("unseen sampled - random init", m["unseen_sampled_mean_acc"] - m["unseen_random_init_acc"],
+         "far above 0", m["unseen_sampled_mean_acc"] - m["unseen_random_init_acc"] > 0.3),
+        ("novel sampled mean / oracle", r("novel_sampled_mean_acc", "novel_oracle_acc"), ">= 0.8",
+         r("novel_sampled_mean_acc", "novel_oracle_acc") >= 0.8),
+        ("fine-tuned: sampled - max(random, nearest)", m["unseen_finetune_sampled_acc"]
+         - max(m["unseen_finetune_random_acc"], m["unseen_finetune_nearest_acc"]), "> 0",
+         m["unseen_finetune_sampled_acc"] > max(m["unseen_finetune_random_acc"],
+                                                m["unseen_finetune_nearest_acc"])),
+        ("generated models / s", m["generated_models_per_second"], ">= 10,000 (GPU)",
+         m["generated_models_per_second"] >= 10_000),
+        ("generation speed-up vs training to the same accuracy",
+         m["generation_speedup_vs_training"], ">= 100x",
+         m["generation_speedup_vs_training"] >= 100),
+        ("VAE decoded / original accuracy", m["vae_recon_acc_ratio"], ">= 0.95 (gate)",
+         m["vae_recon_acc_ratio"] >= 0.95),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="base")
+    parser.add_argument("--no-run", action="store_true")
+    args = parser.parse_args()
+    if not args.no_run:
+        cmd = [sys.executable, "-m", "kedro", "run", "--pipeline=d2nwg"]
+        if args.env != "base":
+            cmd.append(f"--env={args.env}")
+        env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    metrics = json.loads((ROOT / "data/08_reporting/d2nwg/metrics.json").read_text())
+    rows = targets(metrics)
+    print(f"{'target':55s} {'measured':>12s}  {'goal':>16s}  result")
+    for name, value, goal, ok in rows:
+        print(f"{name:55s} {value:12.4f}  {goal:>16s}  {'met' if ok else 'MISSED'}")
+    out = ROOT / "benchmarks" / "results" / f"d2nwg_{args.env}.json"
+    out.write_text(json.dumps({"metrics": metrics, "targets": [
+        {"target": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows
+    ]}, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
