@@ -85,6 +85,23 @@ def test_kedro_run_env_test_d2nwg(project):
     for plot in ("accuracy_hist", "finetune_curves", "latents"):
         assert (project / f"data/08_reporting/d2nwg/{plot}.png").stat().st_size > 5_000
     assert (project / "data/06_models/d2nwg/generator.safetensors").exists()
+    # Scenario (b): whole networks over digits + 2 transforms, model retrieval.
+    networks = [
+        "networks_zoo_mean_acc", "networks_sampled_mean_acc", "networks_sampled_best_acc",
+        "networks_retrieval_accuracy", "networks_retrieval_accuracy_l2",
+        "networks_vae_recon_acc_ratio",
+    ] + [
+        f"networks_{d}_{m}"
+        for d in ("digits", "digits_rotate90", "digits_invert")
+        for m in ("zoo_mean_acc", "sampled_mean_acc", "sampled_best_acc", "retrieval_accuracy")
+    ]  # fmt: skip
+    assert not [k for k in networks if k not in metrics]
+    assert all(0.0 <= metrics[k] <= 1.0 for k in networks if k != "networks_vae_recon_acc_ratio")
+    assert metrics["networks_n_zoo"] == 6 and metrics["networks_n_datasets"] == 3
+    assert metrics["networks_zoo_mean_acc"] > 0.5  # 2 epochs already beat chance (0.1)
+    assert (project / "data/08_reporting/d2nwg/networks_accuracy.png").stat().st_size > 5_000
+    assert (project / "data/06_models/d2nwg/networks_generator.safetensors").exists()
+    assert Zoo.load(project / "data/03_primary/d2nwg_networks").verify() == ([], [])
 
 
 def test_registry_lists_pipelines(project):

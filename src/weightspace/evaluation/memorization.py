@@ -21,7 +21,10 @@ from weightspace.zoo.train import predict_stack
 
 
 def _flat(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([v.flatten(1) for v in stacked.values()], 1)
+    """Model-wise vectors ``(B, D)``, tensors in sorted-name order: two stacks compare
+    element by element whatever order their dicts list the tensors in (a state read from
+    a checkpoint lists them sorted, a decoded one in parameter order)."""
+    return torch.cat([stacked[k].flatten(1) for k in sorted(stacked)], 1)
 
 
 @torch.no_grad()

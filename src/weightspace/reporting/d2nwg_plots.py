@@ -1,4 +1,4 @@
-"""Plots of a D2NWG run: sampled vs zoo accuracy, fine-tuning curves, latent projection."""
+"""Plots of a D2NWG run: sampled vs zoo accuracy, fine-tuning curves, latents, retrieval."""
 
 from __future__ import annotations
 
@@ -60,4 +60,51 @@ def latent_projection(latents: torch.Tensor, labels: Sequence[str], title: str) 
     ax.set_ylabel("PC 2")
     ax.set_title(title)
     ax.legend(fontsize=7, markerscale=1.5)
+    return fig
+
+
+def retrieval_figure(
+    names: Sequence[str],
+    accuracies: Mapping[str, np.ndarray],
+    confusion: np.ndarray,
+    title: str,
+) -> Figure:
+    """Model retrieval: grouped accuracy bars per dataset and the retrieval confusion.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Dataset names (``T``).
+    accuracies : mapping label -> array (T,)
+        One bar per label and dataset (e.g. zoo mean, sampled mean, sampled best-of-K).
+    confusion : array (T, T)
+        Fraction of the samples conditioned on dataset ``t`` (row) whose nearest zoo
+        member was trained on dataset ``u`` (column).
+    """
+    t = len(names)
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    ax, cx = fig.subplots(1, 2, width_ratios=[1.6, 1])
+    width = 0.8 / max(len(accuracies), 1)
+    x = np.arange(t)
+    for i, (label, values) in enumerate(accuracies.items()):
+        values = np.asarray(values, dtype=float)
+        ax.bar(x + (i - (len(accuracies) - 1) / 2) * width, values, width,
+               label=f"{label} (mean {values.mean():.3f})")  # fmt: skip
+    ax.set_xticks(x, list(names), rotation=25, ha="right")
+    ax.set_ylim(0, 1.2)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper center", ncol=len(accuracies), fontsize=8)
+    im = cx.imshow(np.asarray(confusion), vmin=0, vmax=1, cmap="viridis")
+    for r in range(t):
+        for c in range(t):
+            v = float(confusion[r][c])
+            cx.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if v > 0.5 else "white")  # fmt: skip
+    cx.set_xticks(x, list(names), rotation=25, ha="right", fontsize=8)
+    cx.set_yticks(x, list(names), fontsize=8)
+    cx.set_xlabel("dataset of the nearest zoo member")
+    cx.set_ylabel("conditioning dataset")
+    cx.set_title(f"retrieval (function space), accuracy {np.trace(confusion) / t:.3f}")
+    fig.colorbar(im, ax=cx, shrink=0.8)
     return fig

@@ -194,14 +194,16 @@ def report(
     vae_report: dict,
     align_report: dict,
     diffusion_report: dict,
+    networks_metrics: dict,
 ):
-    """Flat metrics.json and the three figures."""
+    """Flat metrics.json (scenario (a), then scenario (b)'s ``networks_*``) and 3 figures."""
     metrics = {
         **evaluation["metrics"],
         **backbone_report,
         **vae_report,
         **align_report,
         **diffusion_report,
+        **networks_metrics,
     }
     f = evaluation["figures"]
     return metrics, f["accuracy_hist"], f["finetune_curves"], f["latents"]
