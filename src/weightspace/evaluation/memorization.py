@@ -74,7 +74,7 @@ def memorization_audit(
     median = float(d_near[torch.isfinite(d_near)].median())
     std = median / max(z.shape[1], 1) ** 0.5
     gen = torch.Generator().manual_seed(seed)
-    noisy = {k: v + std * torch.randn(v.shape, generator=gen) for k, v in zoo.items()}
+    noisy = {k: zoo[k] + std * torch.randn(zoo[k].shape, generator=gen) for k in sorted(zoo)}
     base = _agreement(template, noisy, zoo, zoo_task, data)
     # Independent training runs of the same task (another zoo member): how similar two
     # models that are certainly not copies of each other are.

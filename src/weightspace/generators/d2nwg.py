@@ -110,12 +110,29 @@ class D2NWG(nn.Module):
         Size of the per-sample features the dataset encoder reads.
     n_classes : int
         Classes of the datasets it is conditioned on (the generated heads' outputs).
+    seed : int, optional
+        Seeds the initial weights (else the global RNG is used).
     """
 
     def __init__(
-        self, config: D2NWGConfig, layout: ChunkLayout, feature_dim: int, n_classes: int
+        self,
+        config: D2NWGConfig,
+        layout: ChunkLayout,
+        feature_dim: int,
+        n_classes: int,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
+        if seed is not None:  # initial weights independent of the global RNG's history
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build(config, layout, feature_dim, n_classes)
+        else:
+            self._build(config, layout, feature_dim, n_classes)
+
+    def _build(
+        self, config: D2NWGConfig, layout: ChunkLayout, feature_dim: int, n_classes: int
+    ) -> None:
         self.config, self.layout = config, layout
         self.feature_dim, self.n_classes = int(feature_dim), int(n_classes)
         self.vae = ChunkVAE.from_layout(

@@ -131,9 +131,7 @@ def train_networks_vae(
     ws: WeightSet = networks["weight_set"]
     cfg = D2NWGConfig.from_dict(gen_p["d2nwg"])
     feature_dim = math.prod(tasks["input_shape"])
-    with torch.random.fork_rng(devices=[]):  # initial weights independent of node order
-        torch.manual_seed(params["seed"])
-        model = D2NWG(cfg, ws.layout, feature_dim, tasks["n_classes"]).to(dev)
+    model = D2NWG(cfg, ws.layout, feature_dim, tasks["n_classes"], seed=params["seed"]).to(dev)
     start = time.perf_counter()
     losses = fit_vae(model, ws.chunks.to(dev), params["seed"], progress=False)
     recon = ws.decode(reconstruct(model, ws.chunks.to(dev)).cpu())

@@ -119,7 +119,9 @@ def train_weight_vae(
     ws: WeightSet = heads["weight_set"]
     dev = _device(params)
     cfg = D2NWGConfig.from_dict(params["generator"]["d2nwg"])
-    model = D2NWG(cfg, ws.layout, pool.dataset.input_shape[0], params["tasks"]["way"]).to(dev)
+    model = D2NWG(
+        cfg, ws.layout, pool.dataset.input_shape[0], params["tasks"]["way"], seed=params["seed"]
+    ).to(dev)
     start = time.perf_counter()
     losses = fit_vae(model, ws.chunks.to(dev), params["seed"], progress=False)
     recon = ws.decode(reconstruct(model, ws.chunks.to(dev)).cpu())
