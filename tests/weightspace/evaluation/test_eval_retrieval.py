@@ -7,6 +7,7 @@ import torch
 
 from weightspace.data.base import Split, SplitDataset
 from weightspace.errors import InvalidParameterError
+from weightspace.evaluation.memorization import memorization_audit
 from weightspace.evaluation.retrieval import (
     check_shared_architecture,
     evaluate_retrieval,
@@ -126,3 +127,19 @@ def test_flatten_sets_and_bad_input(setting):
         evaluate_retrieval(
             template, _copies(zoo, []), datasets, zoo, torch.zeros(6, dtype=torch.long), 2, 3, 0
         )
+
+
+def test_weight_space_comparisons_ignore_dict_order(setting):
+    """A checkpoint read from disk lists tensors sorted, a decoded stack in parameter
+    order: distances and the memorization audit must not depend on that order."""
+    template, datasets, zoo, zoo_task = setting
+    reordered = {k: zoo[k] for k in reversed(list(zoo))}
+    near, dist = nearest_by_l2(zoo, reordered)
+    assert near.tolist() == list(range(6)) and float(dist.max()) == 0.0
+    test = TaskStack.from_splits([d.test for d in datasets])
+    samples = {k: v[[0, 4]] + 0.01 for k, v in zoo.items()}
+    task = torch.tensor([0, 1])
+    a = memorization_audit(template, samples, task, zoo, zoo_task, test)
+    b = memorization_audit(template, samples, task, reordered, zoo_task, test)
+    assert a == b
+    assert a["nearest_distance"] == pytest.approx(0.01 * 10**0.5, rel=1e-5)
