@@ -56,3 +56,11 @@ class ShapeError(WeightspaceError, ValueError):
 
 class GateError(WeightspaceError, RuntimeError):
     """A quality gate between pipeline stages failed (e.g. the D2NWG VAE reconstruction)."""
+
+
+class UnsupportedLayerError(WeightspaceError, TypeError):
+    """A model contains a layer type an algorithm cannot handle (the message names it)."""
+
+
+class ArchitectureMismatchError(WeightspaceError, ValueError):
+    """Models that must share an architecture family, input or output size do not."""

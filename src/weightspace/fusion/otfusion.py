@@ -1,0 +1,351 @@
+"""OTFusion: layer-wise model fusion with optimal transport (Singh & Jaggi, NeurIPS 2020).
+
+CLAFusion (Nguyen et al.) uses it as the third step of its framework (§2.3, §3, App. B).
+For every hidden neuron group, in forward order, model A is aligned to the target model:
+
+1. its incoming weights are first aligned on the input side with the previous group's
+   transport, :math:`\\hat W_A = W_A T^{(l-1)} \\operatorname{diag}(1/\\beta^{(l-1)})`;
+2. a ground cost between A's neurons and the target's neurons is computed either from the
+   rows of :math:`\\hat W_A` and :math:`W_T` (weight-based) or from the neurons'
+   pre-activations on the same samples (activation-based);
+3. the transport :math:`T^{(l)}` between uniform measures over the two neuron sets is
+   solved exactly (``ot.emd``) or with entropic regularisation (``ot.sinkhorn``);
+4. A's outgoing neurons are averaged onto the target's:
+   :math:`\\tilde W_A = \\operatorname{diag}(1/\\beta^{(l)}) T^{(l)\\top} \\hat W_A`.
+
+The fused model is the weighted average of the aligned models; its widths follow the
+target model, so networks of different widths fuse. Biases and BatchNorm parameters and
+running statistics are per-neuron vectors aligned like a weight column. The output layer
+stays aligned to the classes (identity transport). In a ResNet every layer writing into a
+residual stream shares that stream's transport. With exact OT and equal widths the
+transport is a scaled permutation, so fusing a model with a permuted copy of itself gives
+back the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import ot
+import torch
+from torch import nn
+
+from weightspace.errors import InvalidParameterError
+from weightspace.fusion.activations import capture, neuron_matrix
+from weightspace.fusion.structure import OUTPUT, NeuronLayer, Structure, check_compatible
+
+log = logging.getLogger(__name__)
+
+GROUND_METRICS = ("activation", "weight")
+SOLVERS = ("emd", "sinkhorn")
+DISTANCES = ("euclidean", "sqeuclidean")
+_BN_VECTORS = ("weight", "bias", "running_mean", "running_var")
+
+
+@dataclass(frozen=True)
+class OTFusionConfig:
+    """How OTFusion aligns neurons.
+
+    Attributes
+    ----------
+    ground_metric : {"activation", "weight"}
+        Cost between neurons: distances between pre-activations on ``n_samples`` inputs,
+        or between (input-aligned) incoming weight rows.
+    solver : {"emd", "sinkhorn"}
+        Exact transport or entropic (Sinkhorn; log domain when the plain one underflows).
+    reg : float
+        Sinkhorn regularisation, relative to the cost matrix's largest entry.
+    distance : {"euclidean", "sqeuclidean"}
+    n_samples : int
+        Samples used for activation-based costs (and CLAFusion's representations).
+    """
+
+    ground_metric: str = "activation"
+    solver: str = "emd"
+    reg: float = 0.01
+    distance: str = "euclidean"
+    n_samples: int = 200
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("ground_metric", self.ground_metric, GROUND_METRICS),
+            ("solver", self.solver, SOLVERS),
+            ("distance", self.distance, DISTANCES),
+        ):
+            if value not in allowed:
+                raise InvalidParameterError(
+                    f"OTFusion {name} must be one of {allowed}, got {value!r}"
+                )
+        if not self.reg > 0:
+            raise InvalidParameterError(f"OTFusion reg must be > 0, got {self.reg}")
+        if int(self.n_samples) < 2:
+            raise InvalidParameterError(f"OTFusion n_samples must be >= 2, got {self.n_samples}")
+
+
+def transport_map(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) -> torch.Tensor:
+    """Optimal coupling between uniform measures on the rows and columns of ``cost``.
+
+    Parameters
+    ----------
+    cost : Tensor (n_a, n_t)
+    solver : {"emd", "sinkhorn"}
+    reg : float
+        Entropic regularisation relative to ``cost.max()`` (Sinkhorn only).
+
+    Returns
+    -------
+    Tensor (n_a, n_t), float64
+        Rows sum to ``1/n_a``, columns to ``1/n_t``.
+    """
+    m = cost.detach().double().cpu().numpy()
+    if not np.isfinite(m).all():
+        raise InvalidParameterError("the OT ground cost contains NaN or inf (non-finite weights?)")
+    n_a, n_t = m.shape
+    a, b = np.full(n_a, 1.0 / n_a), np.full(n_t, 1.0 / n_t)
+    if solver == "emd":
+        plan = ot.emd(a, b, m)
+    elif solver == "sinkhorn":
+        scale = m.max() if m.max() > 0 else 1.0
+        plan = ot.sinkhorn(a, b, m / scale, reg, numItermax=5000, stopThr=1e-9)
+        if not np.isfinite(plan).all():  # underflow at a very small reg: log domain
+            plan = ot.sinkhorn(a, b, m / scale, reg, method="sinkhorn_log", numItermax=5000)
+    else:
+        raise InvalidParameterError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return torch.from_numpy(np.asarray(plan, dtype=np.float64))
+
+
+def _distance(u: torch.Tensor, v: torch.Tensor, distance: str) -> torch.Tensor:
+    d = torch.cdist(u.double(), v.double())
+    return d.square() if distance == "sqeuclidean" else d
+
+
+def _align_in(w: torch.Tensor, p_in: torch.Tensor | None) -> torch.Tensor:
+    """``W P_in`` over the input axis (dim 1) of a linear or conv weight."""
+    if p_in is None:
+        return w
+    return torch.einsum("oi...,ij->oj...", w.double(), p_in)
+
+
+def _align_out(v: torch.Tensor, p_out: torch.Tensor | None) -> torch.Tensor:
+    """``P_outᵀ V`` over the output axis (dim 0)."""
+    if p_out is None:
+        return v.double()
+    return torch.einsum("ij,i...->j...", p_out, v.double())
+
+
+class _Aligner:
+    """Aligns one model to the target, neuron group by neuron group."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target: nn.Module,
+        structure: Structure,
+        config: OTFusionConfig,
+        acts: Mapping[str, torch.Tensor] | None,
+        target_acts: Mapping[str, torch.Tensor] | None,
+    ) -> None:
+        self.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        self.target = {k: v.detach().cpu() for k, v in target.state_dict().items()}
+        self.structure, self.config = structure, config
+        self.acts, self.target_acts = acts, target_acts
+        self.plans: dict[str, torch.Tensor] = {}  # group -> P = T diag(1/beta), (n_a, n_t)
+
+    def _p(self, group: str | None) -> torch.Tensor | None:
+        return None if group is None or group == OUTPUT else self.plans[group]
+
+    def _rows(self, state: Mapping[str, torch.Tensor], layer: NeuronLayer, aligned: bool):
+        w = state[f"{layer.path}.weight"]
+        if aligned:
+            w = _align_in(w, self._p(layer.in_group))
+        rows = [w.double().reshape(w.shape[0], -1)]
+        if f"{layer.path}.bias" in state:
+            rows.append(state[f"{layer.path}.bias"].double()[:, None])
+        return torch.cat(rows, 1)
+
+    def _cost(self, group: str) -> torch.Tensor:
+        writers = self.structure.writers(group)
+        if self.config.ground_metric == "activation":
+            a = torch.cat([neuron_matrix(self.acts[w.preact]) for w in writers], 1)
+            t = torch.cat([neuron_matrix(self.target_acts[w.preact]) for w in writers], 1)
+        else:  # writers whose inputs are aligned already (stem / shortcut for a stream)
+            ready = [w for w in writers if w.in_group is None or w.in_group in self.plans]
+            a = torch.cat([self._rows(self.state, w, True) for w in ready], 1)
+            t = torch.cat([self._rows(self.target, w, False) for w in ready], 1)
+        return _distance(a, t, self.config.distance)
+
+    def align(self) -> dict[str, torch.Tensor]:
+        """A's state dict expressed in the target's neurons (target's shapes)."""
+        out: dict[str, torch.Tensor] = {}
+        for layer in self.structure.layers:
+            g = layer.out_group
+            if g != OUTPUT and g not in self.plans:
+                plan = transport_map(self._cost(g), self.config.solver, self.config.reg)
+                self.plans[g] = plan * plan.shape[1]  # T diag(1/beta)
+            p_out = self._p(g)
+            w = _align_out(
+                _align_in(self.state[f"{layer.path}.weight"], self._p(layer.in_group)), p_out
+            )
+            out[f"{layer.path}.weight"] = w
+            if f"{layer.path}.bias" in self.state:
+                out[f"{layer.path}.bias"] = _align_out(self.state[f"{layer.path}.bias"], p_out)
+            if layer.norm is not None:
+                for name in _BN_VECTORS:
+                    out[f"{layer.norm}.{name}"] = _align_out(
+                        self.state[f"{layer.norm}.{name}"], p_out
+                    )
+                key = f"{layer.norm}.num_batches_tracked"
+                out[key] = self.target[key]
+        missing = sorted(set(self.target) - set(out))
+        if missing:  # a parameter no layer accounts for: refuse rather than drop it
+            raise InvalidParameterError(f"OTFusion does not know how to align {missing[:5]}")
+        return out
+
+
+def _activations(models: Sequence[nn.Module], structures: Sequence[Structure], x: torch.Tensor):
+    paths = sorted({lay.preact for lay in structures[0].layers if lay.out_group != OUTPUT})
+    return [capture(m, x, paths) for m in models]
+
+
+def align_models(
+    models: Sequence[nn.Module],
+    x: torch.Tensor | None = None,
+    target: int = 0,
+    config: OTFusionConfig | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Every model's state dict aligned to ``models[target]`` (float64 tensors).
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        Same family and depth (widths may differ); see :func:`otfusion`.
+    x : Tensor (N, *input_shape), optional
+        Samples for the activation-based ground metric (the first ``n_samples`` are used).
+    target : int
+        Index of the model whose neurons (and widths) the others are aligned to.
+    config : OTFusionConfig, optional
+    """
+    config = config or OTFusionConfig()
+    models = list(models)
+    structures = check_compatible(models, same_depth=True)
+    if not 0 <= int(target) < len(models):
+        raise InvalidParameterError(
+            f"target must index one of the {len(models)} models, got {target}"
+        )
+    acts: list[dict[str, torch.Tensor]] | list[None] = [None] * len(models)
+    if config.ground_metric == "activation":
+        if x is None:
+            raise InvalidParameterError(
+                "the activation-based ground metric needs samples: pass x, or set "
+                "ground_metric='weight'"
+            )
+        acts = _activations(models, structures, x[: int(config.n_samples)])
+    aligned = []
+    for k, model in enumerate(models):
+        if k == target:
+            aligned.append({kk: v.detach().cpu().double() for kk, v in model.state_dict().items()})
+            continue
+        aligner = _Aligner(model, models[target], structures[k], config, acts[k], acts[target])
+        aligned.append(aligner.align())
+    return aligned
+
+
+def average_states(
+    states: Sequence[Mapping[str, torch.Tensor]],
+    reference: nn.Module,
+    weights: Sequence[float] | None = None,
+) -> nn.Module:
+    """A copy of ``reference`` holding the weighted average of ``states``.
+
+    Integer buffers (BatchNorm's ``num_batches_tracked``) are taken from ``reference``.
+    """
+    k = len(states)
+    w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (k,) or not np.isfinite(w).all() or (w < 0).any() or not np.isclose(w.sum(), 1):
+        raise InvalidParameterError(
+            f"fusion weights must be {k} non-negative numbers summing to 1, got {weights}"
+        )
+    ref = reference.state_dict()
+    fused = {}
+    for key, value in ref.items():
+        if not value.is_floating_point():
+            fused[key] = value.clone()
+            continue
+        avg = sum(float(wi) * s[key].double() for wi, s in zip(w, states, strict=True))
+        fused[key] = avg.to(dtype=value.dtype, device=value.device)
+    model = copy.deepcopy(reference)
+    model.load_state_dict(fused)
+    return model
+
+
+def otfusion(
+    models: Sequence[nn.Module],
+    x: torch.Tensor | None = None,
+    *,
+    target: int = 0,
+    weights: Sequence[float] | None = None,
+    ground_metric: str = "activation",
+    solver: str = "emd",
+    reg: float = 0.01,
+    distance: str = "euclidean",
+    n_samples: int = 200,
+) -> nn.Module:
+    """Fuse models of one family and depth into one model with the target's widths.
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        Plain ``nn.Sequential`` stacks of ``[Flatten,] Linear, ReLU, ..., Linear`` or the
+        registry's ``vgg`` / ``resnet`` models; same depth and kernel sizes, any widths.
+    x : Tensor (N, *input_shape), optional
+        Samples for the activation-based ground metric (required for it).
+    target : int
+        The model the others are aligned to (the fused model's architecture), as the
+        "initial estimate" of K > 2 fusion in OTFusion §4.
+    weights : sequence of float, optional
+        Fusion weights (default uniform).
+    ground_metric, solver, reg, distance, n_samples
+        See :class:`OTFusionConfig`.
+
+    Returns
+    -------
+    nn.Module
+        A new module (a copy of ``models[target]``) with the fused weights.
+    """
+    config = OTFusionConfig(ground_metric, solver, reg, distance, n_samples)
+    states = align_models(models, x, target, config)
+    return average_states(states, models[target], weights)
+
+
+def vanilla_average(
+    models: Sequence[nn.Module], weights: Sequence[float] | None = None
+) -> nn.Module:
+    """Average the parameters of identically shaped models without any alignment.
+
+    Raises
+    ------
+    ArchitectureMismatchError
+        When state-dict keys or shapes differ (named in the message).
+    """
+    from weightspace.errors import ArchitectureMismatchError
+
+    ref = models[0].state_dict()
+    for k, m in enumerate(models[1:], start=1):
+        sd = m.state_dict()
+        if set(sd) != set(ref):
+            raise ArchitectureMismatchError(
+                f"model {k} has parameters {sorted(set(sd) ^ set(ref))[:5]} that model 0 "
+                "does not share: vanilla averaging needs identical architectures"
+            )
+        for key, v in sd.items():
+            if v.shape != ref[key].shape:
+                raise ArchitectureMismatchError(
+                    f"model {k}'s '{key}' has shape {tuple(v.shape)} but model 0's has "
+                    f"{tuple(ref[key].shape)}: vanilla averaging needs identical shapes; use "
+                    "otfusion() for different widths"
+                )
+    return average_states([m.state_dict() for m in models], models[0], weights)
