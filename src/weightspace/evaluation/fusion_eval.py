@@ -1,0 +1,325 @@
+"""The fusion experiment protocol of CLAFusion §4 on one dataset and one model family.
+
+Given ``S`` trained deep models ``A_i`` and ``S`` shallow models ``B_i``:
+
+- **one shot** (Table 1, left): accuracy of ``A_i``, ``B_i``, their prediction ensemble,
+  vanilla averaging and OTFusion of the same-depth pair ``(A_i, A_{i+1})``, and
+  CLAFusion of ``(A_i, B_i)``; K = 2, 4, 6 models alternating deep and shallow (Table 2);
+- **fine-tuning** (Table 1, right): the same epochs from the fused model, from each
+  parent, from the depth-aligned shallow model (NET2NET-like) and from a random
+  initialisation of the fused architecture;
+- **cost**: fusion wall time against the time a per-model training loop needs to bring
+  the fused architecture, from a random initialisation, to the one-shot fused accuracy;
+- **teacher–student** (Tables 4–5): the deep model as teacher, the student initialised
+  randomly, from the pre-trained shallow model, from its depth-aligned version, or from
+  CLAFusion with the student's widths, then knowledge distillation.
+
+Everything returns flat numbers (means over the ``S`` pairs) plus the per-pair records
+the report turns into tables and plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from weightspace.data.base import Split, SplitDataset
+from weightspace.ensembles.kd import KDConfig, kd_sweep
+from weightspace.errors import InvalidParameterError
+from weightspace.fusion.clafusion import CLAFusionConfig, clafusion
+from weightspace.fusion.otfusion import otfusion, vanilla_average
+from weightspace.zoo.finetune import finetune_stack
+from weightspace.zoo.reference import train_one
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Retraining settings shared by every initialisation (same epochs for all)."""
+
+    epochs: int = 10
+    lr: float = 0.001
+    optimizer: str = "adam"
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class FusionProtocol:
+    """What to run for one experiment."""
+
+    cla: CLAFusionConfig = field(default_factory=CLAFusionConfig)
+    ks: tuple[int, ...] = (2, 4, 6)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    kd: KDConfig | None = None
+    kd_temperatures: tuple[float, ...] = (2.0, 4.0)
+    kd_alphas: tuple[float, ...] = (0.5, 0.9)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, C)`` of a model in eval mode (mode restored)."""
+    was = model.training
+    model.eval()
+    out = model(x)
+    model.train(was)
+    return out
+
+
+def accuracy_of(model: nn.Module, split: Split) -> float:
+    """Top-1 accuracy of one model on a split."""
+    return float((logits_of(model, split.x).argmax(-1) == split.y).float().mean())
+
+
+def ensemble_accuracy(models: Sequence[nn.Module], split: Split) -> float:
+    """Accuracy of the prediction ensemble (mean of the members' probabilities)."""
+    probs = torch.stack([logits_of(m, split.x).softmax(-1) for m in models]).mean(0)
+    return float((probs.argmax(-1) == split.y).float().mean())
+
+
+def _stack(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
+    states = [m.state_dict() for m in models]
+    return {
+        k: torch.stack([s[k] for s in states])
+        for k, v in states[0].items()
+        if v.is_floating_point()
+    }
+
+
+def one_shot(
+    deep: Sequence[nn.Module],
+    shallow: Sequence[nn.Module],
+    dataset: SplitDataset,
+    protocol: FusionProtocol,
+) -> dict[str, Any]:
+    """One-shot accuracies of the parents, baselines and fusions (means over pairs).
+
+    Returns
+    -------
+    dict
+        ``metrics`` (flat floats), ``fused`` (CLAFusion of each pair, deep widths),
+        ``depth_aligned`` (each shallow model after balancing), ``k_fused`` (K -> fused
+        model of the first K alternating models) and ``pairs`` (per-pair records).
+    """
+    s = len(deep)
+    if s < 2 or len(shallow) != s:
+        raise InvalidParameterError(
+            f"the fusion protocol needs >= 2 deep and as many shallow models, got {s} and "
+            f"{len(shallow)}; raise zoo seeds"
+        )
+    test, x = dataset.test, dataset.train.x
+    ot_kwargs = _ot_kwargs(protocol.cla)
+    pairs, fused, aligned, seconds = [], [], [], []
+    for i in range(s):
+        a, b, a2 = deep[i], shallow[i], deep[(i + 1) % s]
+        result = clafusion([a, b], x, protocol.cla)
+        seconds.append(result.seconds)
+        fused.append(result.fused)
+        aligned.append(result.depth_aligned[1])
+        start = time.perf_counter()
+        ot_model = otfusion([a, a2], x, **ot_kwargs)
+        ot_seconds = time.perf_counter() - start
+        pairs.append(
+            {
+                "model_a_acc": accuracy_of(a, test),
+                "model_b_acc": accuracy_of(b, test),
+                "ensemble_acc": ensemble_accuracy([a, b], test),
+                "vanilla_avg_acc": accuracy_of(vanilla_average([a, a2]), test),
+                "otfusion_acc": accuracy_of(ot_model, test),
+                "otfusion_seconds": ot_seconds,
+                "same_depth_ensemble_acc": ensemble_accuracy([a, a2], test),
+                "clafusion_acc": accuracy_of(result.fused, test),
+                "clafusion_val_acc": accuracy_of(result.fused, dataset.val),
+                "depth_aligned_b_acc": accuracy_of(result.depth_aligned[1], test),
+                "fusion_seconds": result.seconds,
+                "mapping": result.mappings[1],
+            }
+        )
+    metrics = {k: float(np.mean([p[k] for p in pairs])) for k in pairs[0] if k != "mapping"}
+    k_fused, k_rows = {}, []
+    for k in protocol.ks:
+        if k > 2 * s:
+            raise InvalidParameterError(
+                f"K={k} needs {k // 2 + k % 2} deep models; the zoo has {s}"
+            )
+        members = [deep[j // 2] if j % 2 == 0 else shallow[j // 2] for j in range(int(k))]
+        result = fused[0] if k == 2 else clafusion(members, x, protocol.cla).fused
+        k_fused[int(k)] = result
+        k_rows.append(
+            {
+                "k": int(k),
+                "member_accs": [accuracy_of(m, test) for m in members],
+                "ensemble_acc": ensemble_accuracy(members, test),
+                "fused_acc": accuracy_of(result, test),
+            }
+        )
+    return {
+        "metrics": metrics,
+        "fused": fused,
+        "depth_aligned": aligned,
+        "k_fused": k_fused,
+        "k_rows": k_rows,
+        "pairs": pairs,
+    }
+
+
+def _ot_kwargs(cla: CLAFusionConfig) -> dict[str, Any]:
+    o = cla.ot
+    return {
+        "ground_metric": o.ground_metric,
+        "solver": o.solver,
+        "reg": o.reg,
+        "distance": o.distance,
+        "n_samples": o.n_samples,
+    }
+
+
+def _finetune(models: Sequence[nn.Module], dataset: SplitDataset, cfg: FinetuneConfig, seed: int):
+    template = copy.deepcopy(models[0])
+    return finetune_stack(
+        template, dataset, cfg.epochs, cfg.lr, cfg.batch_size, init=_stack(models),
+        seeds=torch.arange(len(models)) + seed, optimizer=cfg.optimizer,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+
+
+def finetune_comparison(
+    deep: Sequence[nn.Module],
+    shallow: Sequence[nn.Module],
+    shot: Mapping[str, Any],
+    dataset: SplitDataset,
+    cfg: FinetuneConfig,
+    seed: int = 1000,
+) -> dict[str, Any]:
+    """Retrain every initialisation for the same epochs (Table 1, right; Table 2).
+
+    Returns
+    -------
+    dict
+        ``metrics`` (test accuracy at the best validation epoch, mean over pairs) and
+        ``curves`` (name -> mean validation accuracy per epoch, epoch 0 first).
+    """
+    runs = {
+        "parent_a": _finetune(deep, dataset, cfg, seed),
+        "parent_b": _finetune(shallow, dataset, cfg, seed),
+        "clafusion": _finetune(shot["fused"], dataset, cfg, seed),
+        "depth_aligned_b": _finetune(shot["depth_aligned"], dataset, cfg, seed),
+    }
+    template = copy.deepcopy(shot["fused"][0])
+    runs["random_init"] = finetune_stack(
+        template, dataset, cfg.epochs, cfg.lr, cfg.batch_size,
+        seeds=torch.arange(len(deep)) + seed + 7919, optimizer=cfg.optimizer,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    metrics = {f"{n}_finetuned_acc": float(r.best_test_accuracy.mean()) for n, r in runs.items()}
+    for k, model in shot["k_fused"].items():
+        if k > 2:
+            r = _finetune([model], dataset, cfg, seed)
+            metrics[f"k{k}_finetuned_acc"] = float(r.best_test_accuracy.mean())
+    curves = {n: r.val_accuracy.mean(0).tolist() for n, r in runs.items()}
+    return {"metrics": metrics, "curves": curves, "runs": runs}
+
+
+def fusion_cost_ratio(
+    fused_val_acc: float,
+    random_curve: torch.Tensor,
+    fused_template: nn.Module,
+    dataset: SplitDataset,
+    cfg: FinetuneConfig,
+    fusion_seconds: float,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How much cheaper fusion is than training the fused architecture to its accuracy.
+
+    The epoch at which random initialisations first reach the one-shot fused model's
+    validation accuracy (mean curve over seeds) times the per-epoch wall time of a plain
+    per-model training loop (:func:`weightspace.zoo.reference.train_one`, measured here
+    for 2 epochs), divided by the fusion's wall time. When training never gets there
+    within the epochs run, the ratio is a lower bound (``fusion_cost_reached`` = 0).
+    """
+    model = copy.deepcopy(fused_template)
+    start = time.perf_counter()
+    train_one(model, dataset.train, seed, cfg.lr, 0.0, 2, cfg.batch_size, cfg.optimizer)
+    per_epoch = (time.perf_counter() - start) / 2
+    hits = (random_curve >= fused_val_acc).nonzero().flatten()
+    reached = len(hits) > 0
+    epochs = int(hits[0]) if reached else len(random_curve) - 1
+    train_seconds = max(epochs, 1) * per_epoch
+    return {
+        "train_to_fused_acc_epochs": float(epochs),
+        "train_to_fused_acc_seconds": train_seconds,
+        "fusion_cost_ratio": train_seconds / max(fusion_seconds, 1e-9),
+        "fusion_cost_reached": float(reached),
+    }
+
+
+def teacher_student(
+    deep: Sequence[nn.Module],
+    shallow: Sequence[nn.Module],
+    shot: Mapping[str, Any],
+    dataset: SplitDataset,
+    protocol: FusionProtocol,
+    n_pairs: int = 2,
+) -> dict[str, float]:
+    """Distil the deep teacher into differently initialised students (Tables 4–5).
+
+    Student initialisations: ``random_b`` (shallow architecture), ``pretrained_b``,
+    ``depth_aligned_b``, ``fused`` (CLAFusion with the student's widths and the teacher's
+    depth) and ``random_fused`` (that architecture, random). For each, the best (by
+    validation) test accuracy over the temperature x alpha sweep and the mean over
+    temperatures, averaged over ``n_pairs`` teacher–student pairs.
+    """
+    if protocol.kd is None:
+        return {}
+    out: dict[str, list[float]] = {}
+    x = dataset.train.x
+    for i in range(min(n_pairs, len(deep))):
+        teacher, student = deep[i], shallow[i]
+        result = clafusion([teacher, student], x, protocol.cla, target=1)
+        fused = result.fused
+        random_b = _reinit(student, seed=10_000 + i)
+        random_f = _reinit(fused, seed=20_000 + i)
+        inits = {
+            "random_b": random_b,
+            "pretrained_b": student,
+            "depth_aligned_b": result.depth_aligned[1],
+            "fused": fused,
+            "random_fused": random_f,
+        }
+        out.setdefault("fused_student_oneshot_acc", []).append(accuracy_of(fused, dataset.test))
+        out.setdefault("teacher_acc", []).append(accuracy_of(teacher, dataset.test))
+        for name, init in inits.items():
+            sweep = kd_sweep(
+                init, teacher, dataset.train, dataset.val, dataset.test, protocol.kd,
+                protocol.kd_temperatures, protocol.kd_alphas,
+            )  # fmt: skip
+            out.setdefault(f"kd_{name}_best_acc", []).append(sweep["best_test_accuracy"])
+            out.setdefault(f"kd_{name}_mean_acc", []).append(sweep["mean_best_over_temperatures"])
+        out.setdefault("n_params_teacher", []).append(_n_params(teacher))
+        out.setdefault("n_params_student", []).append(_n_params(student))
+        out.setdefault("n_params_fused_student", []).append(_n_params(fused))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _reinit(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with freshly initialised parameters (seeded)."""
+    from weightspace.zoo.init import init_stack
+
+    fresh = copy.deepcopy(model)
+    state = init_stack(fresh, torch.tensor([seed]), torch.ones(1))
+    fresh.load_state_dict({k: v[0] for k, v in state.items()}, strict=False)
+    return fresh

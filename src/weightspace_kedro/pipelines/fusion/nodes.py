@@ -1,0 +1,175 @@
+"""Nodes of the fusion pipeline: thin calls into :mod:`weightspace.fusion` and
+:mod:`weightspace.evaluation.fusion_eval` (CLAFusion §4 protocol)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from weightspace.data import SplitDataset
+from weightspace.ensembles.kd import KDConfig
+from weightspace.errors import EmptyZooError
+from weightspace.evaluation import fusion_eval as fe
+from weightspace.fusion import CLAFusionConfig, OTFusionConfig
+from weightspace.reporting import fusion_report as fr
+from weightspace.zoo import Zoo
+
+log = logging.getLogger(__name__)
+
+
+def protocol_from(settings: dict[str, Any]) -> fe.FusionProtocol:
+    """The library's frozen configs from ``fusion.settings``."""
+    ot = OTFusionConfig(**settings.get("ot", {}))
+    cla = CLAFusionConfig(ot=ot, **settings.get("cla", {}))
+    kd = settings.get("kd") or {}
+    return fe.FusionProtocol(
+        cla=cla,
+        ks=tuple(int(k) for k in settings.get("ks", (2, 4, 6))),
+        finetune=fe.FinetuneConfig(**settings.get("finetune", {})),
+        kd=KDConfig(**kd["train"]) if kd.get("enabled", False) else None,
+        kd_temperatures=tuple(float(t) for t in kd.get("temperatures", (2.0, 4.0))),
+        kd_alphas=tuple(float(a) for a in kd.get("alphas", (0.5, 0.9))),
+    )
+
+
+def _models(zoo: Zoo, dataset: str, arch: dict[str, Any]) -> list[torch.nn.Module]:
+    index = zoo.index[zoo.index["is_final"].astype(bool)]
+    config = json.dumps(arch.get("config", {}), sort_keys=True, separators=(",", ":"))
+    same = index["arch_config"].map(
+        lambda c: json.dumps(json.loads(c), sort_keys=True, separators=(",", ":"))
+    )
+    rows = index[(index["task"] == dataset) & (index["arch"] == arch["name"]) & (same == config)]
+    if rows.empty:
+        raise EmptyZooError(
+            f"the fusion zoo has no {arch['name']} {config} models on {dataset!r}; add the "
+            "architecture and dataset to zoo_fusion.grid in parameters_fusion.yml"
+        )
+    return [zoo.module(m) for m in rows.sort_values("seed")["model_id"]]
+
+
+def collect_parents(
+    zoo: Zoo, datasets: dict[str, SplitDataset], settings: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per experiment: the deep and shallow parents (ordered by seed) and the dataset."""
+    out = {}
+    for exp in settings["experiments"]:
+        out[exp["name"]] = {
+            "deep": _models(zoo, exp["dataset"], exp["deep"]),
+            "shallow": _models(zoo, exp["dataset"], exp["shallow"]),
+            "dataset": datasets[exp["dataset"]],
+        }
+    return out
+
+
+def fuse(parents: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """One-shot fusion of every pair and of K alternating models (Tables 1-2, left)."""
+    protocol = protocol_from(settings)
+    return {
+        name: fe.one_shot(p["deep"], p["shallow"], p["dataset"], protocol)
+        for name, p in parents.items()
+    }
+
+
+def finetune(
+    parents: dict[str, dict[str, Any]], shots: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Retrain fused models, parents, depth-aligned and random inits for the same epochs."""
+    protocol = protocol_from(settings)
+    out = {}
+    for name, p in parents.items():
+        shot = shots[name]
+        res = fe.finetune_comparison(p["deep"], p["shallow"], shot, p["dataset"], protocol.finetune)
+        cost = fe.fusion_cost_ratio(
+            shot["metrics"]["clafusion_val_acc"],
+            res["runs"]["random_init"].val_accuracy.mean(0),
+            shot["fused"][0], p["dataset"], protocol.finetune,
+            shot["metrics"]["fusion_seconds"],
+        )  # fmt: skip
+        out[name] = {"metrics": {**res["metrics"], **cost}, "curves": res["curves"]}
+    return out
+
+
+def distill(
+    parents: dict[str, dict[str, Any]], shots: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Teacher-student: KD into random / pre-trained / depth-aligned / fused students."""
+    protocol = protocol_from(settings)
+    kd = settings.get("kd") or {}
+    names = kd.get("experiments") or list(parents)
+    return {
+        name: fe.teacher_student(
+            parents[name]["deep"],
+            parents[name]["shallow"],
+            shots[name],
+            parents[name]["dataset"],
+            protocol,
+            n_pairs=int(kd.get("n_pairs", 2)),
+        )
+        for name in names
+        if name in parents
+    }
+
+
+def fused_bundle(shots: dict[str, Any]) -> dict[str, Any]:
+    """The one-shot CLAFusion models of every pair, as one tensor bundle (06_models)."""
+    tensors, meta = {}, {}
+    for name, shot in shots.items():
+        for i, model in enumerate(shot["fused"]):
+            for k, v in model.state_dict().items():
+                tensors[f"{name}/{i}/{k}"] = v.detach().cpu().contiguous()
+            meta[f"{name}/{i}"] = {
+                "mapping": shot["pairs"][i]["mapping"],
+                "class": type(model).__name__,
+            }
+    return {"tensors": tensors, "metadata": meta}
+
+
+def report(
+    shots: dict[str, Any],
+    finetuned: dict[str, Any],
+    distilled: dict[str, dict[str, float]],
+    settings: dict[str, Any],
+) -> tuple[dict[str, float], str, str, Figure, Figure]:
+    """metrics.json (headline experiment's keys unprefixed), tables, plots."""
+    per_exp = {
+        name: {**shot["metrics"], **finetuned[name]["metrics"], **distilled.get(name, {})}
+        for name, shot in shots.items()
+    }
+    k_rows = {}
+    for name, shot in shots.items():
+        rows = []
+        for r in shot["k_rows"]:
+            key = "clafusion_finetuned_acc" if r["k"] == 2 else f"k{r['k']}_finetuned_acc"
+            rows.append({**r, "finetuned_acc": per_exp[name].get(key)})
+        k_rows[name] = rows
+    headline = settings.get("headline") or next(iter(per_exp))
+    metrics: dict[str, float] = dict(per_exp[headline])
+    for name, m in per_exp.items():
+        metrics.update({f"{name}.{k}": v for k, v in m.items()})
+        for r in k_rows[name]:
+            metrics[f"{name}.k{r['k']}_fused_acc"] = r["fused_acc"]
+            metrics[f"{name}.k{r['k']}_ensemble_acc"] = r["ensemble_acc"]
+    tables = "\n\n".join(
+        [
+            "## Table 1 (shape of CLAFusion Table 1): accuracy %, mean over pairs\n",
+            fr.table1(per_exp),
+            "## Same-depth baselines and cost\n",
+            fr.baseline_table(per_exp),
+            "## Table 2: K models alternating deep/shallow\n",
+            fr.table2(k_rows),
+            "## Table 5: knowledge distillation into each student initialisation\n",
+            fr.table5(per_exp),
+        ]
+    )
+    curves = {name: f["curves"] for name, f in finetuned.items()}
+    return (
+        metrics,
+        tables + "\n",
+        json.dumps(per_exp, indent=2),
+        fr.k_figure(k_rows),
+        fr.curves_figure(curves),
+    )
