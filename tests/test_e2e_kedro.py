@@ -104,7 +104,34 @@ def test_kedro_run_env_test_d2nwg(project):
     assert Zoo.load(project / "data/03_primary/d2nwg_networks").verify() == ([], [])
 
 
+FUSION_KEYS = [
+    "model_a_acc", "model_b_acc", "ensemble_acc", "vanilla_avg_acc", "otfusion_acc",
+    "clafusion_acc", "clafusion_finetuned_acc", "parent_a_finetuned_acc",
+    "parent_b_finetuned_acc", "random_init_finetuned_acc", "depth_aligned_b_finetuned_acc",
+    "kd_fused_best_acc", "kd_pretrained_b_best_acc",
+]  # fmt: skip
+
+
+def test_kedro_run_env_test_fusion(project):
+    _kedro(project, "run", "--env", "test", "--pipeline", "fusion")
+    out = project / "data/08_reporting/fusion"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not [k for k in [*FUSION_KEYS, "fusion_seconds"] if k not in metrics]
+    assert all(0.0 <= metrics[k] <= 1.0 for k in FUSION_KEYS)
+    assert metrics["fusion_seconds"] > 0
+    # Both experiments (MLP on digits, VGG on MNIST-1D) and K = 2, 4 are reported.
+    for exp in ("mlp_digits", "vgg_mnist1d"):
+        assert 0.0 <= metrics[f"{exp}.clafusion_acc"] <= 1.0
+        assert 0.0 <= metrics[f"{exp}.k4_fused_acc"] <= 1.0
+    tables = (out / "tables.md").read_text()
+    assert "Table 1" in tables and "| mlp_digits | 4 |" in tables and "Table 5" in tables
+    for plot in ("accuracy_vs_k", "finetune_curves"):
+        assert (out / f"{plot}.png").stat().st_size > 5_000
+    assert (project / "data/06_models/fusion/clafusion_pairs.safetensors").exists()
+    assert Zoo.load(project / "data/03_primary/zoo_fusion").verify() == ([], [])
+
+
 def test_registry_lists_pipelines(project):
     out = _kedro(project, "registry", "list").stdout
-    for name in ("zoo", "vectorize", "d2nwg", "__default__"):
+    for name in ("zoo", "vectorize", "d2nwg", "fusion", "__default__"):
         assert f"- {name}" in out

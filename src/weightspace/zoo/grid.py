@@ -9,6 +9,7 @@ The grid is plain data, as written in ``conf/base/parameters_zoo.yml``::
       - {dataset: mnist1d, transforms: [{name: noise, param: 0.1}, {name: invert}]}
     architectures:
       - {name: mlp, config: {hidden: [32]}}
+      - {name: vgg, config: {stages: [[8]]}, datasets: [mnist1d]}  # only these datasets
     seeds: 5                    # an int n means seeds 0..n-1; a list is taken as is
     train:                      # scalars or lists; lists are crossed
       lr: [0.01, 0.003]
@@ -130,6 +131,19 @@ def expand_grid(
     archs = list(grid["architectures"])
     if not archs:
         raise EmptyZooError("the zoo grid has no architectures; add entries under 'architectures'")
+    for i, a in enumerate(archs):
+        unknown = set(a) - {"name", "config", "datasets"}
+        if unknown or "name" not in a:
+            raise InvalidParameterError(
+                f"zoo architecture entry {i} {dict(a)!r}: needs 'name' and only the keys "
+                f"['config', 'datasets', 'name'] (unknown: {sorted(unknown)})"
+            )
+        missing = sorted(set(a.get("datasets") or ()) - set(n_classes))
+        if missing:
+            raise InvalidParameterError(
+                f"zoo architecture entry {i} names datasets {missing} that the zoo did not "
+                f"load; loaded: {sorted(n_classes)}"
+            )
     trains = expand_train_configs(grid.get("train", {}))
     members = [
         MemberSpec(
@@ -142,6 +156,7 @@ def expand_grid(
         )
         for a in archs
         for task in tasks
+        if not a.get("datasets") or task.dataset in a["datasets"]
         for seed in expand_seeds(grid["seeds"])
         for train in trains
     ]

@@ -182,6 +182,32 @@ def test_expand_grid_seed_lists_and_defaults():
     assert all(m.train == TrainConfig() for m in members)
 
 
+def test_expand_grid_architecture_datasets_restrict_tasks():
+    archs = [
+        {"name": "mlp", "config": {"hidden": [8]}, "datasets": ["digits"]},
+        {"name": "vgg", "config": {"stages": [[4]]}, "datasets": ["mnist1d"]},
+    ]
+    members = expand_grid(_grid(architectures=archs), N_CLASSES)
+    assert {(m.arch, m.task.dataset) for m in members} == {("mlp", "digits"), ("vgg", "mnist1d")}
+    assert len(members) == (2 + 1) * 2 * 4  # mlp: 2 digits tasks, vgg: 1 mnist1d task
+    # Without the key every architecture takes every task (unchanged ids).
+    plain = [{k: v for k, v in a.items() if k != "datasets"} for a in archs]
+    assert len(expand_grid(_grid(architectures=plain), N_CLASSES)) == 2 * 3 * 2 * 4
+
+
+@pytest.mark.parametrize(
+    ("arch", "match"),
+    [
+        ({"name": "mlp", "datasets": ["cifar10"]}, "did not load"),
+        ({"name": "mlp", "tasks": ["digits"]}, "unknown"),
+        ({"config": {"hidden": [8]}}, "needs 'name'"),
+    ],
+)
+def test_expand_grid_architecture_entry_errors(arch, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        expand_grid(_grid(architectures=[arch]), N_CLASSES)
+
+
 @pytest.mark.parametrize(
     ("changes", "error"),
     [

@@ -33,6 +33,7 @@ def protocol_from(settings: dict[str, Any]) -> fe.FusionProtocol:
         kd=KDConfig(**kd["train"]) if kd.get("enabled", False) else None,
         kd_temperatures=tuple(float(t) for t in kd.get("temperatures", (2.0, 4.0))),
         kd_alphas=tuple(float(a) for a in kd.get("alphas", (0.5, 0.9))),
+        cost=fe.CostConfig(**settings.get("cost", {})),
     )
 
 
@@ -84,10 +85,8 @@ def finetune(
         shot = shots[name]
         res = fe.finetune_comparison(p["deep"], p["shallow"], shot, p["dataset"], protocol.finetune)
         cost = fe.fusion_cost_ratio(
-            shot["metrics"]["clafusion_val_acc"],
-            res["runs"]["random_init"].val_accuracy.mean(0),
-            shot["fused"][0], p["dataset"], protocol.finetune,
-            shot["metrics"]["fusion_seconds"],
+            shot["metrics"]["clafusion_val_acc"], shot["fused"][0], p["dataset"],
+            shot["metrics"]["fusion_seconds"], protocol.cost,
         )  # fmt: skip
         out[name] = {"metrics": {**res["metrics"], **cost}, "curves": res["curves"]}
     return out
