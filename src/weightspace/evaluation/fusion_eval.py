@@ -233,6 +233,8 @@ def finetune_comparison(
         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
     )  # fmt: skip
     metrics = {f"{n}_finetuned_acc": float(r.best_test_accuracy.mean()) for n, r in runs.items()}
+    # K = 2 in Table 2 is the first pair (the K > 2 rows fuse the first K models).
+    metrics["k2_finetuned_acc"] = float(runs["clafusion"].best_test_accuracy[0])
     for k, model in shot["k_fused"].items():
         if k > 2:
             r = _finetune([model], dataset, cfg, seed)

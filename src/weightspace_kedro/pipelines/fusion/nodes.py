@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -80,10 +81,12 @@ def finetune(
 ) -> dict[str, Any]:
     """Retrain fused models, parents, depth-aligned and random inits for the same epochs."""
     protocol = protocol_from(settings)
+    overrides = {e["name"]: e.get("finetune") or {} for e in settings["experiments"]}
     out = {}
     for name, p in parents.items():
         shot = shots[name]
-        res = fe.finetune_comparison(p["deep"], p["shallow"], shot, p["dataset"], protocol.finetune)
+        cfg = dataclasses.replace(protocol.finetune, **overrides.get(name, {}))
+        res = fe.finetune_comparison(p["deep"], p["shallow"], shot, p["dataset"], cfg)
         cost = fe.fusion_cost_ratio(
             shot["metrics"]["clafusion_val_acc"], shot["fused"][0], p["dataset"],
             shot["metrics"]["fusion_seconds"], protocol.cost,
@@ -142,8 +145,7 @@ def report(
     for name, shot in shots.items():
         rows = []
         for r in shot["k_rows"]:
-            key = "clafusion_finetuned_acc" if r["k"] == 2 else f"k{r['k']}_finetuned_acc"
-            rows.append({**r, "finetuned_acc": per_exp[name].get(key)})
+            rows.append({**r, "finetuned_acc": per_exp[name].get(f"k{r['k']}_finetuned_acc")})
         k_rows[name] = rows
     headline = settings.get("headline") or next(iter(per_exp))
     metrics: dict[str, float] = dict(per_exp[headline])
