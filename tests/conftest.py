@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +22,27 @@ def load_params(env: str, pipeline: str) -> dict:
     """Parameters of ``conf/<env>/parameters_<pipeline>.yml``."""
     with open(ROOT / "conf" / env / f"parameters_{pipeline}.yml") as fh:
         return yaml.safe_load(fh)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest (and steadiest on a busy 2-core box) on one thread.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A model's outputs on ``x`` in eval mode, without gradients."""
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """Largest absolute difference between two models' eval-mode outputs on ``x``."""
+    return (eval_outputs(a, x) - eval_outputs(b, x)).abs().max().item()

@@ -14,6 +14,8 @@ from weightspace.errors import InvalidParameterError, NonFiniteWeightsError, Sha
 from weightspace.metrics import accuracy
 from weightspace.nets import build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # --------------------------------------------------------------------------- fixtures
 def _mlp(seed: int, hidden=(32,), n_classes: int = 10) -> nn.Module:
@@ -30,15 +32,6 @@ def _acc(model: nn.Module, split: Split) -> float:
 def _states_equal(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import eval_outputs, max_abs_diff
 from weightspace.errors import ArchitectureMismatchError, InvalidParameterError
 from weightspace.fusion.balance import balance_by_adding
 from weightspace.fusion.clafusion import CLAFusionConfig, CLAFusionResult, clafusion
@@ -19,30 +19,14 @@ from weightspace.nets.mlp import build_mlp
 from weightspace.nets.resnet import ResNet
 from weightspace.nets.vgg import VGG
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _inputs(shape: tuple[int, ...], n: int = 64, seed: int = 2) -> torch.Tensor:
     return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
-
-
-def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(x)
-
-
-def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    return (_out(a, x) - _out(b, x)).abs().max().item()
 
 
 def _widths(model: nn.Sequential) -> list[int]:
@@ -110,9 +94,9 @@ def test_mlp_fused_has_the_deeper_depth_and_target_widths(mlp_pair, order) -> No
     assert describe(aligned).depths == (5,)
     assert _widths(aligned) == _expanded_widths([12, 9, 6], mapping, 5)
     # identity layers: the depth-aligned shallow model is the same function
-    assert _max_diff(aligned, shallow, x) <= 1e-6
-    assert _max_diff(aligned, shallow, _inputs(SHAPE, seed=9) * 3) <= 1e-6
-    y = _out(result.fused, x)
+    assert max_abs_diff(aligned, shallow, x) <= 1e-6
+    assert max_abs_diff(aligned, shallow, _inputs(SHAPE, seed=9) * 3) <= 1e-6
+    y = eval_outputs(result.fused, x)
     assert y.shape == (len(x), 10) and torch.isfinite(y).all()
 
 
@@ -139,7 +123,7 @@ def test_mlp_merge_gives_the_shallower_depth(mlp_pair, estimate: str) -> None:
     assert _widths(result.fused) == [12, 9, 6]
     merged = result.depth_aligned[0]
     assert _widths(merged) == [[16, 14, 12, 10, 8][i] for i in mapping]
-    assert torch.isfinite(_out(result.fused, x)).all()
+    assert torch.isfinite(eval_outputs(result.fused, x)).all()
     wide = clafusion([deep, shallow], x, config, target=0)
     assert _widths(wide.fused) == _widths(merged)
 
@@ -171,7 +155,7 @@ def test_four_models_alternating_depths() -> None:
         _assert_valid_mapping(mapping, len(hidden[k]), 4)
         aligned = result.depth_aligned[k]
         assert describe(aligned).depths == (4,)
-        assert _max_diff(aligned, models[k], x) <= 1e-6
+        assert max_abs_diff(aligned, models[k], x) <= 1e-6
     assert result.mappings[2] == [[0, 1, 2, 3]]
     # the shallowest-depth choice in merge mode
     merged = clafusion(models, x, CLAFusionConfig(balancing="merge"))
@@ -183,7 +167,7 @@ def test_model_fused_with_itself_is_itself(mlp_pair) -> None:
     deep, _, x = mlp_pair
     result = clafusion([deep, copy.deepcopy(deep)], x)
     assert result.mappings[1] == [[0, 1, 2, 3, 4]]
-    assert _max_diff(result.fused, deep, x) <= 1e-5
+    assert max_abs_diff(result.fused, deep, x) <= 1e-5
 
 
 def test_model_fused_with_a_depth_expanded_copy_is_itself() -> None:
@@ -193,12 +177,12 @@ def test_model_fused_with_a_depth_expanded_copy_is_itself() -> None:
     s = build_mlp(SHAPE, 10, hidden=[12, 9, 6]).eval()
     d = balance_by_adding(s, [[0, 2, 4]], [5]).eval()
     x = _inputs(SHAPE)
-    assert _max_diff(d, s, x) <= 1e-6
+    assert max_abs_diff(d, s, x) <= 1e-6
     config = CLAFusionConfig(ot=OTFusionConfig(ground_metric="weight"))
     result = clafusion([s, d], x, config)
     assert result.initial == 1
     assert result.mappings[0] == [[0, 2, 4]]
-    assert _max_diff(result.fused, s, x) <= 1e-5
+    assert max_abs_diff(result.fused, s, x) <= 1e-5
 
 
 def test_trained_mlps_of_different_depths() -> None:
@@ -218,7 +202,7 @@ def test_trained_mlps_of_different_depths() -> None:
         return template.eval()
 
     def accuracy(m: nn.Module) -> float:
-        return (_out(m, ds.test.x).argmax(-1) == ds.test.y).float().mean().item()
+        return (eval_outputs(m, ds.test.x).argmax(-1) == ds.test.y).float().mean().item()
 
     deep, shallow = train([32, 32, 32], 0), train([32, 32], 1)
     assert min(accuracy(deep), accuracy(shallow)) > 0.8
@@ -253,9 +237,9 @@ def test_vgg_pair() -> None:
     assert result.mappings[0] == [[0], [0], []]
     aligned = result.depth_aligned[0]
     assert describe(aligned).depths == (2, 2, 0)
-    assert _max_diff(aligned, shallow, x) <= 1e-5
-    assert _out(result.fused, x).shape == (32, 4)
-    assert torch.isfinite(_out(result.fused, x)).all()
+    assert max_abs_diff(aligned, shallow, x) <= 1e-5
+    assert eval_outputs(result.fused, x).shape == (32, 4)
+    assert torch.isfinite(eval_outputs(result.fused, x)).all()
 
 
 @pytest.mark.parametrize("head", [[7], []])
@@ -272,7 +256,7 @@ def test_vgg_pair_with_classifier_hidden_layers(head: list[int]) -> None:
     assert result.fused.features[0].out_channels == 5
     widths = [m.out_features for m in result.fused.classifier if isinstance(m, nn.Linear)]
     assert widths == ([7, 7, 3] if head else [6, 6, 3])
-    assert _max_diff(result.depth_aligned[1], shallow, x) <= 1e-5
+    assert max_abs_diff(result.depth_aligned[1], shallow, x) <= 1e-5
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
@@ -293,9 +277,9 @@ def test_resnet_pair(norm: str) -> None:
     assert describe(aligned).depths == (2, 2)
     assert len(aligned.layers) == 4
     # the added zero blocks leave the function unchanged
-    assert _max_diff(aligned, shallow, x) <= 1e-5
-    assert _max_diff(aligned, shallow, _inputs(shape, n=8, seed=5) * 3) <= 1e-5
-    assert torch.isfinite(_out(result.fused, x)).all()
+    assert max_abs_diff(aligned, shallow, x) <= 1e-5
+    assert max_abs_diff(aligned, shallow, _inputs(shape, n=8, seed=5) * 3) <= 1e-5
+    assert torch.isfinite(eval_outputs(result.fused, x)).all()
 
 
 # --------------------------------------------------------------------------------------

@@ -7,13 +7,14 @@ permuted is the same function, for every family, ground metric and target.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from conftest import eval_outputs, max_abs_diff
 from weightspace.errors import ArchitectureMismatchError, InvalidParameterError
 from weightspace.fusion.otfusion import (
     OTFusionConfig,
@@ -26,17 +27,11 @@ from weightspace.nets.mlp import build_mlp
 from weightspace.nets.resnet import ResNet
 from weightspace.nets.vgg import VGG
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONV = (nn.Conv1d, nn.Conv2d)
 _BN_VECTORS = ("weight", "bias", "running_mean", "running_var")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------
@@ -168,16 +163,6 @@ def _permute(model: nn.Module, seed: int = 7) -> nn.Module:
     return _permute_sequential(model, seed)
 
 
-def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(x)
-
-
-def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    return (_out(a, x) - _out(b, x)).abs().max().item()
-
-
 def _mlp() -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
     return build_mlp((1, 8, 8), 10, hidden=[16, 8]), (1, 8, 8)
@@ -230,7 +215,7 @@ def model_and_copy(request) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     permuted = _permute(model)
     x = _inputs(shape)
     # the helper is right: same function, different weights
-    assert _max_diff(model, permuted, x) <= 1e-5
+    assert max_abs_diff(model, permuted, x) <= 1e-5
     a, b = model.state_dict(), permuted.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
     return model, permuted, x
@@ -248,7 +233,7 @@ def test_fusing_a_permuted_copy_gives_the_same_function(model_and_copy, metric, 
     before = {k: v.clone() for k, v in permuted.state_dict().items()}
     fused = otfusion([model, permuted], x, target=target, ground_metric=metric, solver="emd")
     assert fused is not model and fused is not permuted
-    assert _max_diff(fused, model, x) <= 1e-5
+    assert max_abs_diff(fused, model, x) <= 1e-5
     # inputs are left untouched
     assert all(torch.equal(before[k], v) for k, v in permuted.state_dict().items())
 
@@ -274,7 +259,7 @@ def test_three_copies_fuse_back_to_the_model() -> None:
     x = _inputs(shape)
     models = [model, _permute(model, 11), _permute(model, 12)]
     fused = otfusion(models, x, target=1, weights=[0.5, 0.3, 0.2])
-    assert _max_diff(fused, model, x) <= 1e-5
+    assert max_abs_diff(fused, model, x) <= 1e-5
 
 
 # --------------------------------------------------------------------------------------
@@ -350,7 +335,7 @@ def test_different_widths_fuse_to_the_target_widths(metric: str, target: int) ->
     fused = otfusion(models, x, target=target, ground_metric=metric)
     assert _widths(fused) == _widths(models[target])
     assert fused.state_dict().keys() == models[target].state_dict().keys()
-    y = _out(fused, x)
+    y = eval_outputs(fused, x)
     assert y.shape == (len(x), 10)
     assert torch.isfinite(y).all()
 
@@ -364,7 +349,7 @@ def test_three_models_of_different_widths(solver: str) -> None:
     for target in range(3):
         fused = otfusion(models, x, target=target, solver=solver)
         assert _widths(fused) == [*hidden[target], 10]
-        assert torch.isfinite(_out(fused, x)).all()
+        assert torch.isfinite(eval_outputs(fused, x)).all()
 
 
 def test_vgg_and_resnet_of_different_widths_fuse() -> None:
@@ -374,11 +359,11 @@ def test_vgg_and_resnet_of_different_widths_fuse() -> None:
     vggs = [VGG(shape, 4, stages=[[c], [c + 2]], hidden=[5], norm="batch") for c in (4, 6)]
     fused = otfusion(vggs, x, target=1)
     assert fused.features[0].out_channels == 6
-    assert _out(fused, x).shape == (len(x), 4)
+    assert eval_outputs(fused, x).shape == (len(x), 4)
     nets = [ResNet(shape, 4, stem_channels=c, stages=[[c, 1], [c + 2, 1]]) for c in (4, 6)]
     fused = otfusion(nets, x, target=0, ground_metric="weight")
     assert fused.fc.in_features == 6
-    assert torch.isfinite(_out(fused, x)).all()
+    assert torch.isfinite(eval_outputs(fused, x)).all()
 
 
 # --------------------------------------------------------------------------------------
@@ -475,7 +460,7 @@ def test_fusion_beats_vanilla_averaging_on_trained_models() -> None:
         models.append(m.eval())
 
     def accuracy(m: nn.Module) -> float:
-        return (_out(m, ds.test.x).argmax(-1) == ds.test.y).float().mean().item()
+        return (eval_outputs(m, ds.test.x).argmax(-1) == ds.test.y).float().mean().item()
 
     parents = [accuracy(m) for m in models]
     assert min(parents) > 0.8

@@ -17,6 +17,8 @@ from weightspace.generators.alignment import (
 )
 from weightspace.generators.dataset_encoder import DatasetEncoderConfig, SetDatasetEncoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_clip_loss_hand_computed_2x2() -> None:
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
@@ -85,15 +87,6 @@ def test_alignment_head_shapes() -> None:
     assert head(torch.randn(5, 3, 4)).shape == (5, 4)  # flattens latents
     with pytest.raises(ShapeError, match="in_dim"):
         head(torch.randn(5, 11))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a busy 2-core box) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 G, R, K, S, FD, LAT = 6, 3, 3, 4, 8, 10  # datasets, models per dataset, classes, shots, ...

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -13,16 +11,10 @@ from weightspace.nets.registry import build_model
 from weightspace.zoo.finetune import FinetuneResult, finetune_stack, stack_accuracy
 from weightspace.zoo.init import init_stack
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPOCHS = 3
 LR = 0.05  # large enough that a member can peak before the last epoch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
