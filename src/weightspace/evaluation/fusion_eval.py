@@ -349,6 +349,7 @@ def teacher_student(
         }
         out.setdefault("fused_student_oneshot_acc", []).append(accuracy_of(fused, dataset.test))
         out.setdefault("teacher_acc", []).append(accuracy_of(teacher, dataset.test))
+        out.setdefault("kd_pretrained_b_student_acc", []).append(accuracy_of(student, dataset.test))
         for name, init in inits.items():
             sweep = kd_sweep(
                 init, teacher, dataset.train, dataset.val, dataset.test, protocol.kd,

@@ -83,6 +83,25 @@ def table2(k_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     return _markdown(header, rows)
 
 
+def table4(experiments: Mapping[str, Mapping[str, float]]) -> str:
+    """Table 4 (teacher–student): sizes and one-shot accuracy of the fused student (%)."""
+    header = ["experiment", "# params (teacher, student, fused)", "teacher", "student",
+              "fused student (one shot)"]  # fmt: skip
+    rows = []
+    for name, m in experiments.items():
+        if "fused_student_oneshot_acc" not in m:
+            continue
+        sizes = ", ".join(
+            f"{int(m[k]):,}"
+            for k in ("n_params_teacher", "n_params_student", "n_params_fused_student")
+        )
+        rows.append(
+            [name, sizes, _pct(m.get("teacher_acc")), _pct(m.get("kd_pretrained_b_student_acc")),
+             _pct(m["fused_student_oneshot_acc"])]
+        )  # fmt: skip
+    return _markdown(header, rows)
+
+
 def table5(experiments: Mapping[str, Mapping[str, float]]) -> str:
     """Table 5: knowledge distillation from the teacher into each student init (%)."""
     header = ["experiment", "row"] + [c for _, c in KD_INITS]

@@ -162,6 +162,8 @@ def report(
             fr.baseline_table(per_exp),
             "## Table 2: K models alternating deep/shallow\n",
             fr.table2(k_rows),
+            "## Table 4: teacher-student fusion (student widths, teacher depth)\n",
+            fr.table4(per_exp),
             "## Table 5: knowledge distillation into each student initialisation\n",
             fr.table5(per_exp),
         ]
