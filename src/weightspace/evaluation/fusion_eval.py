@@ -315,14 +315,14 @@ def fusion_cost_ratio(
 
 
 def teacher_student(
-    deep: Sequence[nn.Module],
-    shallow: Sequence[nn.Module],
-    shot: Mapping[str, Any],
+    teachers: Sequence[nn.Module],
+    students: Sequence[nn.Module],
     dataset: SplitDataset,
     protocol: FusionProtocol,
     n_pairs: int = 2,
 ) -> dict[str, float]:
-    """Distil the deep teacher into differently initialised students (Tables 4–5).
+    """Distil a large (deep, wide) teacher into differently initialised students (§4.2,
+    Tables 4–5).
 
     Student initialisations: ``random_b`` (shallow architecture), ``pretrained_b``,
     ``depth_aligned_b``, ``fused`` (CLAFusion with the student's widths and the teacher's
@@ -334,8 +334,8 @@ def teacher_student(
         return {}
     out: dict[str, list[float]] = {}
     x = dataset.train.x
-    for i in range(min(n_pairs, len(deep))):
-        teacher, student = deep[i], shallow[i]
+    for i in range(min(n_pairs, len(teachers), len(students))):
+        teacher, student = teachers[i], students[i]
         result = clafusion([teacher, student], x, protocol.cla, target=1)
         fused = result.fused
         random_b = _reinit(student, seed=10_000 + i)

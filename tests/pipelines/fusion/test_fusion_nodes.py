@@ -69,3 +69,12 @@ def test_pipeline_wires_the_fusion_zoo_into_the_experiment():
         "fusion.tables",
         "fusion.plot_accuracy_vs_k",
     } <= pipeline.all_outputs()
+
+
+def test_teacher_student_is_skipped_when_disabled(settings):
+    settings["kd"]["enabled"] = False
+    assert nodes.collect_teacher_student(Zoo.empty(), {}, settings) == {}
+    assert nodes.distill({}, settings) == {}
+    settings["kd"]["enabled"] = True
+    with pytest.raises(EmptyZooError, match="mlp"):
+        nodes.collect_teacher_student(Zoo.empty(), {}, settings)

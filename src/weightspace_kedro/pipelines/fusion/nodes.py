@@ -95,24 +95,31 @@ def finetune(
     return out
 
 
-def distill(
-    parents: dict[str, dict[str, Any]], shots: dict[str, Any], settings: dict[str, Any]
-) -> dict[str, dict[str, float]]:
-    """Teacher-student: KD into random / pre-trained / depth-aligned / fused students."""
-    protocol = protocol_from(settings)
+def collect_teacher_student(
+    zoo: Zoo, datasets: dict[str, SplitDataset], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Teachers and students of the teacher-student experiment (empty when disabled)."""
     kd = settings.get("kd") or {}
-    names = kd.get("experiments") or list(parents)
+    if not kd.get("enabled", False):
+        return {}
     return {
-        name: fe.teacher_student(
-            parents[name]["deep"],
-            parents[name]["shallow"],
-            shots[name],
-            parents[name]["dataset"],
-            protocol,
-            n_pairs=int(kd.get("n_pairs", 2)),
+        "name": kd.get("name", "teacher_student"),
+        "teachers": _models(zoo, kd["dataset"], kd["teacher"]),
+        "students": _models(zoo, kd["dataset"], kd["student"]),
+        "dataset": datasets[kd["dataset"]],
+    }
+
+
+def distill(pairs: dict[str, Any], settings: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Teacher-student: KD into random / pre-trained / depth-aligned / fused students."""
+    if not pairs:
+        return {}
+    protocol = protocol_from(settings)
+    n_pairs = int(settings["kd"].get("n_pairs", 1))
+    return {
+        pairs["name"]: fe.teacher_student(
+            pairs["teachers"], pairs["students"], pairs["dataset"], protocol, n_pairs
         )
-        for name in names
-        if name in parents
     }
 
 
@@ -138,8 +145,7 @@ def report(
 ) -> tuple[dict[str, float], str, str, Figure, Figure]:
     """metrics.json (headline experiment's keys unprefixed), tables, plots."""
     per_exp = {
-        name: {**shot["metrics"], **finetuned[name]["metrics"], **distilled.get(name, {})}
-        for name, shot in shots.items()
+        name: {**shot["metrics"], **finetuned[name]["metrics"]} for name, shot in shots.items()
     }
     k_rows = {}
     for name, shot in shots.items():
@@ -149,9 +155,9 @@ def report(
         k_rows[name] = rows
     headline = settings.get("headline") or next(iter(per_exp))
     metrics: dict[str, float] = dict(per_exp[headline])
-    for name, m in per_exp.items():
+    for name, m in {**per_exp, **distilled}.items():
         metrics.update({f"{name}.{k}": v for k, v in m.items()})
-        for r in k_rows[name]:
+        for r in k_rows.get(name, []):
             metrics[f"{name}.k{r['k']}_fused_acc"] = r["fused_acc"]
             metrics[f"{name}.k{r['k']}_ensemble_acc"] = r["ensemble_acc"]
     tables = "\n\n".join(
@@ -163,16 +169,16 @@ def report(
             "## Table 2: K models alternating deep/shallow\n",
             fr.table2(k_rows),
             "## Table 4: teacher-student fusion (student widths, teacher depth)\n",
-            fr.table4(per_exp),
+            fr.table4(distilled),
             "## Table 5: knowledge distillation into each student initialisation\n",
-            fr.table5(per_exp),
+            fr.table5(distilled),
         ]
     )
     curves = {name: f["curves"] for name, f in finetuned.items()}
     return (
         metrics,
         tables + "\n",
-        json.dumps(per_exp, indent=2),
+        json.dumps({**per_exp, **distilled}, indent=2),
         fr.k_figure(k_rows),
         fr.curves_figure(curves),
     )

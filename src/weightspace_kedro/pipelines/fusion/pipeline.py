@@ -2,7 +2,8 @@
 
 The ``zoo_fusion`` zoo (deep and shallow MLPs and VGGs, the zoo template) feeds the
 ``fusion`` namespace: collect parents -> one-shot fusion (OTFusion, CLAFusion, K models)
--> fine-tuning comparison -> teacher-student distillation -> report.
+-> fine-tuning comparison; a larger teacher and a small student from the same zoo ->
+knowledge distillation into each student initialisation (Tables 4-5) -> report.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.fuse, ["parents", p], "shots", name="fuse_one_shot"),
             Node(nodes.fused_bundle, "shots", "fused_models", name="save_fused_models"),
             Node(nodes.finetune, ["parents", "shots", p], "finetuned", name="finetune_inits"),
-            Node(nodes.distill, ["parents", "shots", p], "distilled", name="distill_students"),
+            Node(
+                nodes.collect_teacher_student,
+                ["zoo_fusion.zoo_models", "zoo_fusion.zoo_datasets", p],
+                "teacher_student_pairs",
+                name="collect_teacher_student",
+            ),
+            Node(nodes.distill, ["teacher_student_pairs", p], "distilled", name="distill_students"),
             Node(
                 nodes.report,
                 ["shots", "finetuned", "distilled", p],
