@@ -76,7 +76,7 @@ def main() -> None:
         env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     metrics = json.loads((ROOT / "data/08_reporting/fusion/metrics.json").read_text())
-    experiments = sorted({k.split(".", 1)[0] for k in metrics if "." in k})
+    experiments = sorted({k.split(".", 1)[0] for k in metrics if k.endswith(".clafusion_acc")})
     rows = [
         ("exact-OT fusion of two 512-wide MLPs, activation cost (s)",
          timing["ot512_activation_seconds"], "< 1 s", timing["ot512_activation_seconds"] < 1),
