@@ -3,6 +3,8 @@
 # install the carried wheels, check correctness on CUDA, benchmark zoo throughput,
 # train the GPU zoo with Kedro. Results land in $OUT (default: benchmarks/results).
 # Usage there: bash benchmarks/gpu_session.sh     (with .whl carried; see fetch-wheels.sh)
+# Switches: CHECKS=0 skips checks + throughput, SKIP_KEDRO=1 skips the GPU zoo,
+# D2NWG=1 / FUSION=1 add those pipelines' target runs (--env gpu).
 set -euo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
@@ -11,11 +13,13 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=$PWD/src:/tmp/site KEDRO_DISABLE_TELEMETRY=1 DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-python3 benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json"
-python3 benchmarks/zoo_throughput.py --device cuda --n-batched 16384 --n-loop 5 \
-  --out "$OUT/zoo_throughput_cuda_16k.json"
-python3 benchmarks/zoo_throughput.py --device cuda --n-batched 65536 --n-loop 2 \
-  --out "$OUT/zoo_throughput_cuda_64k.json"
+if [ "${CHECKS:-1}" = 1 ]; then
+  python3 benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json"
+  python3 benchmarks/zoo_throughput.py --device cuda --n-batched 16384 --n-loop 5 \
+    --out "$OUT/zoo_throughput_cuda_16k.json"
+  python3 benchmarks/zoo_throughput.py --device cuda --n-batched 65536 --n-loop 2 \
+    --out "$OUT/zoo_throughput_cuda_64k.json"
+fi
 if [ "${SKIP_KEDRO:-0}" != 1 ]; then
   time python3 -m kedro run --env gpu --pipeline=zoo 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
   cp data/08_reporting/zoo/metrics.json "$OUT/gpu_zoo_metrics.json"
@@ -27,4 +31,10 @@ if [ "${D2NWG:-0}" = 1 ]; then
   for f in accuracy_hist finetune_curves latents; do
     cp "data/08_reporting/d2nwg/$f.png" "$OUT/d2nwg_gpu_$f.png" 2>/dev/null || true
   done
+fi
+if [ "${FUSION:-0}" = 1 ]; then
+  time python3 benchmarks/fusion_targets.py --env gpu 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
+  cp benchmarks/results/fusion_gpu.json "$OUT/" 2>/dev/null || true
+  cp data/08_reporting/fusion/tables.md "$OUT/fusion_gpu_tables.md" 2>/dev/null || true
+  cp data/08_reporting/fusion/accuracy_vs_k.png "$OUT/fusion_gpu_accuracy_vs_k.png" 2>/dev/null || true
 fi

@@ -79,10 +79,12 @@ class FusionProtocol:
 
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits ``(N, C)`` of a model in eval mode (mode restored)."""
+    """Logits ``(N, C)`` on the CPU of a model in eval mode (mode restored), run on the
+    model's device."""
     was = model.training
     model.eval()
-    out = model(x)
+    tensor = next(iter(model.parameters()), next(iter(model.buffers()), None))
+    out = model(x if tensor is None else x.to(tensor.device)).cpu()
     model.train(was)
     return out
 
@@ -201,11 +203,12 @@ def _finetune(
     cfg: FinetuneConfig,
     seed: int,
     from_scratch: bool = False,
+    device: torch.device | str = "cpu",
 ):
     """Fine-tune a stack of ``models`` (or, ``from_scratch``, train their architecture
-    from seeded random initialisations) with the shared settings."""
+    from seeded random initialisations) with the shared settings, on ``device``."""
     return finetune_stack(
-        copy.deepcopy(models[0]), dataset, cfg.epochs, cfg.lr, cfg.batch_size,
+        copy.deepcopy(models[0]).to(device), dataset, cfg.epochs, cfg.lr, cfg.batch_size,
         init=None if from_scratch else _stack(models),
         seeds=torch.arange(len(models)) + seed, optimizer=cfg.optimizer,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -219,8 +222,10 @@ def finetune_comparison(
     dataset: SplitDataset,
     cfg: FinetuneConfig,
     seed: int = 1000,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Retrain every initialisation for the same epochs (Table 1, right; Table 2).
+    """Retrain every initialisation for the same epochs (Table 1, right; Table 2), as
+    stacks on ``device``.
 
     Returns
     -------
@@ -229,25 +234,31 @@ def finetune_comparison(
         ``curves`` (name -> mean validation accuracy per epoch, epoch 0 first).
     """
     runs = {
-        "parent_a": _finetune(deep, dataset, cfg, seed),
-        "parent_b": _finetune(shallow, dataset, cfg, seed),
-        "clafusion": _finetune(shot["fused"], dataset, cfg, seed),
-        "depth_aligned_b": _finetune(shot["depth_aligned"], dataset, cfg, seed),
+        "parent_a": _finetune(deep, dataset, cfg, seed, device=device),
+        "parent_b": _finetune(shallow, dataset, cfg, seed, device=device),
+        "clafusion": _finetune(shot["fused"], dataset, cfg, seed, device=device),
+        "depth_aligned_b": _finetune(shot["depth_aligned"], dataset, cfg, seed, device=device),
     }
-    runs["random_init"] = _finetune(shot["fused"], dataset, cfg, seed + 7919, from_scratch=True)
+    runs["random_init"] = _finetune(
+        shot["fused"], dataset, cfg, seed + 7919, from_scratch=True, device=device
+    )
     metrics = {f"{n}_finetuned_acc": float(r.best_test_accuracy.mean()) for n, r in runs.items()}
     # K = 2 in Table 2 is the first pair (the K > 2 rows fuse the first K models).
     metrics["k2_finetuned_acc"] = float(runs["clafusion"].best_test_accuracy[0])
     for k, model in shot["k_fused"].items():
         if k > 2:
-            r = _finetune([model], dataset, cfg, seed)
+            r = _finetune([model], dataset, cfg, seed, device=device)
             metrics[f"k{k}_finetuned_acc"] = float(r.best_test_accuracy.mean())
     curves = {n: r.val_accuracy.mean(0).tolist() for n, r in runs.items()}
     return {"metrics": metrics, "curves": curves, "runs": runs}
 
 
 def time_to_accuracy(
-    template: nn.Module, dataset: SplitDataset, target_val_acc: float, cfg: CostConfig
+    template: nn.Module,
+    dataset: SplitDataset,
+    target_val_acc: float,
+    cfg: CostConfig,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Train ``template``'s architecture from a seeded random init with a plain per-model
     loop until its validation accuracy reaches ``target_val_acc``.
@@ -262,8 +273,9 @@ def time_to_accuracy(
     """
     from weightspace.zoo.init import init_stack
 
-    model = copy.deepcopy(template)
-    init = init_stack(model, torch.tensor([cfg.seed]), 1.0)
+    device = torch.device(device)
+    model = copy.deepcopy(template).to(device)
+    init = init_stack(model, torch.tensor([cfg.seed]), 1.0, device=device)
     model.load_state_dict({k: v[0] for k, v in init.items()}, strict=False)
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(cfg.optimizer)
     if opt_cls is None:
@@ -272,18 +284,20 @@ def time_to_accuracy(
         )
     opt = opt_cls(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x, y = dataset.train.x, dataset.train.y
+    x, y = dataset.train.x.to(device), dataset.train.y.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     seconds = 0.0
     for epoch in range(1, int(cfg.max_epochs) + 1):
         model.train()
         start = time.perf_counter()
-        order = torch.randperm(len(y), generator=gen)
+        order = torch.randperm(len(y), generator=gen).to(device)
         for i in range(0, len(y), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        sync()
         seconds += time.perf_counter() - start
         if accuracy_of(model, dataset.val) >= target_val_acc:
             return {"seconds": seconds, "epochs": float(epoch), "reached": 1.0}
@@ -296,6 +310,7 @@ def fusion_cost_ratio(
     dataset: SplitDataset,
     fusion_seconds: float,
     cfg: CostConfig,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """How much cheaper fusion is than training the fused architecture to its accuracy.
 
@@ -305,7 +320,7 @@ def fusion_cost_ratio(
     get there within ``max_epochs`` the ratio is a lower bound
     (``fusion_cost_reached`` = 0).
     """
-    run = time_to_accuracy(fused_template, dataset, fused_val_acc, cfg)
+    run = time_to_accuracy(fused_template, dataset, fused_val_acc, cfg, device)
     return {
         "train_to_fused_acc_epochs": run["epochs"],
         "train_to_fused_acc_seconds": run["seconds"],
@@ -320,6 +335,7 @@ def teacher_student(
     dataset: SplitDataset,
     protocol: FusionProtocol,
     n_pairs: int = 2,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Distil a large (deep, wide) teacher into differently initialised students (§4.2,
     Tables 4–5).
@@ -335,7 +351,8 @@ def teacher_student(
     out: dict[str, list[float]] = {}
     x = dataset.train.x
     for i in range(min(n_pairs, len(teachers), len(students))):
-        teacher, student = teachers[i], students[i]
+        teacher = copy.deepcopy(teachers[i]).to(device)
+        student = copy.deepcopy(students[i]).to(device)
         result = clafusion([teacher, student], x, protocol.cla, target=1)
         fused = result.fused
         random_b = _reinit(student, seed=10_000 + i)

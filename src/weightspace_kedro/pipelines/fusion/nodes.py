@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from weightspace.data import SplitDataset
+from weightspace.device import resolve_device
 from weightspace.ensembles.kd import KDConfig
 from weightspace.errors import EmptyZooError
 from weightspace.evaluation import fusion_eval as fe
@@ -36,6 +37,11 @@ def protocol_from(settings: dict[str, Any]) -> fe.FusionProtocol:
         kd_alphas=tuple(float(a) for a in kd.get("alphas", (0.5, 0.9))),
         cost=fe.CostConfig(**settings.get("cost", {})),
     )
+
+
+def _device(settings: dict[str, Any]) -> torch.device:
+    """Where fine-tuning, distillation and the cost runs train (fusion stays on the CPU)."""
+    return resolve_device(settings.get("device", "auto"))
 
 
 def _models(zoo: Zoo, dataset: str, arch: dict[str, Any]) -> list[torch.nn.Module]:
@@ -86,10 +92,12 @@ def finetune(
     for name, p in parents.items():
         shot = shots[name]
         cfg = dataclasses.replace(protocol.finetune, **overrides.get(name, {}))
-        res = fe.finetune_comparison(p["deep"], p["shallow"], shot, p["dataset"], cfg)
+        res = fe.finetune_comparison(
+            p["deep"], p["shallow"], shot, p["dataset"], cfg, device=_device(settings)
+        )
         cost = fe.fusion_cost_ratio(
             shot["metrics"]["clafusion_val_acc"], shot["fused"][0], p["dataset"],
-            shot["metrics"]["fusion_seconds"], protocol.cost,
+            shot["metrics"]["fusion_seconds"], protocol.cost, _device(settings),
         )  # fmt: skip
         out[name] = {"metrics": {**res["metrics"], **cost}, "curves": res["curves"]}
     return out
@@ -118,7 +126,12 @@ def distill(pairs: dict[str, Any], settings: dict[str, Any]) -> dict[str, dict[s
     n_pairs = int(settings["kd"].get("n_pairs", 1))
     return {
         pairs["name"]: fe.teacher_student(
-            pairs["teachers"], pairs["students"], pairs["dataset"], protocol, n_pairs
+            pairs["teachers"],
+            pairs["students"],
+            pairs["dataset"],
+            protocol,
+            n_pairs,
+            _device(settings),
         )
     }
 
