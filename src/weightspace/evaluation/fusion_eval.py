@@ -194,6 +194,7 @@ def _ot_kwargs(cla: CLAFusionConfig) -> dict[str, Any]:
         "reg": o.reg,
         "distance": o.distance,
         "n_samples": o.n_samples,
+        "recompute_bn_stats": o.recompute_bn_stats,
     }
 
 

@@ -38,7 +38,12 @@ from weightspace.fusion.activations import capture
 from weightspace.fusion.alignment import cost_from_widths, cross_layer_alignment
 from weightspace.fusion.balance import balance_by_adding, balance_by_merging
 from weightspace.fusion.cka import cka_cost_matrix
-from weightspace.fusion.otfusion import OTFusionConfig, align_models, average_states
+from weightspace.fusion.otfusion import (
+    OTFusionConfig,
+    align_models,
+    average_states,
+    recompute_batchnorm_stats,
+)
 from weightspace.fusion.structure import Structure, check_compatible
 
 log = logging.getLogger(__name__)
@@ -245,6 +250,8 @@ def clafusion(
         log.info("CLAFusion: model %d -> model %d, alignment %s", k, initial, maps)
     states = align_models(aligned, x, target, config.ot)
     fused = average_states(states, aligned[target], weights)
+    if config.ot.recompute_bn_stats:
+        recompute_batchnorm_stats(fused, x)
     return CLAFusionResult(
         fused=fused,
         depth_aligned=aligned,

@@ -62,6 +62,9 @@ class OTFusionConfig:
     distance : {"euclidean", "sqeuclidean"}
     n_samples : int
         Samples used for activation-based costs (and CLAFusion's representations).
+    recompute_bn_stats : bool
+        After averaging, re-estimate BatchNorm running statistics on the samples passed
+        to the fusion (:func:`recompute_batchnorm_stats`); off by default, as in the papers.
     """
 
     ground_metric: str = "activation"
@@ -69,6 +72,7 @@ class OTFusionConfig:
     reg: float = 0.01
     distance: str = "euclidean"
     n_samples: int = 200
+    recompute_bn_stats: bool = False
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -293,6 +297,7 @@ def otfusion(
     reg: float = 0.01,
     distance: str = "euclidean",
     n_samples: int = 200,
+    recompute_bn_stats: bool = False,
 ) -> nn.Module:
     """Fuse models of one family and depth into one model with the target's widths.
 
@@ -308,7 +313,7 @@ def otfusion(
         "initial estimate" of K > 2 fusion in OTFusion §4.
     weights : sequence of float, optional
         Fusion weights (default uniform).
-    ground_metric, solver, reg, distance, n_samples
+    ground_metric, solver, reg, distance, n_samples, recompute_bn_stats
         See :class:`OTFusionConfig`.
 
     Returns
@@ -316,9 +321,12 @@ def otfusion(
     nn.Module
         A new module (a copy of ``models[target]``) with the fused weights.
     """
-    config = OTFusionConfig(ground_metric, solver, reg, distance, n_samples)
+    config = OTFusionConfig(ground_metric, solver, reg, distance, n_samples, recompute_bn_stats)
     states = align_models(models, x, target, config)
-    return average_states(states, models[target], weights)
+    fused = average_states(states, models[target], weights)
+    if recompute_bn_stats and x is not None:
+        recompute_batchnorm_stats(fused, x)
+    return fused
 
 
 def vanilla_average(
@@ -349,3 +357,41 @@ def vanilla_average(
                     "otfusion() for different widths"
                 )
     return average_states([m.state_dict() for m in models], models[0], weights)
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 256
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on ``x`` (in place).
+
+    Averaging aligned networks averages their running statistics too, which no longer
+    match the fused network's activations; one pass over data in train mode with a
+    cumulative average (``momentum=None``) replaces them by the fused network's own
+    statistics. Weights are not changed. Optional in fusion (``recompute_bn_stats``): the
+    papers do not do it, and it matters only for models with BatchNorm.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor (N, *input_shape)
+        Samples (moved to the model's device batch by batch).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    device = next(model.parameters()).device
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        if len(batch) > 1:
+            model(batch.to(device))
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return model

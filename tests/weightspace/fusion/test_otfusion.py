@@ -20,6 +20,7 @@ from weightspace.fusion.otfusion import (
     OTFusionConfig,
     align_models,
     otfusion,
+    recompute_batchnorm_stats,
     transport_map,
     vanilla_average,
 )
@@ -469,3 +470,25 @@ def test_fusion_beats_vanilla_averaging_on_trained_models() -> None:
         fused = accuracy(otfusion(models, ds.train.x, ground_metric=metric))
         assert fused > vanilla + 0.1, (metric, fused, vanilla, parents)
     assert np.isfinite(vanilla)
+
+
+def test_recompute_batchnorm_stats_matches_the_data_and_keeps_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
+    model[1].running_mean.fill_(7.0)
+    model[1].running_var.fill_(9.0)
+    model.eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+    weights.pop("1.num_batches_tracked")
+    x = torch.randn(300, 5)
+    recompute_batchnorm_stats(model, x, batch_size=64)
+    z = model[0](x).detach()
+    # Cumulative average over batches of 64 (the last of 44): per-batch means averaged
+    # with equal weight, as BatchNorm's momentum=None does.
+    means = torch.stack([z[i : i + 64].mean(0) for i in range(0, 300, 64)])
+    assert torch.allclose(model[1].running_mean, means.mean(0), atol=1e-5)
+    assert not model.training and model[1].momentum == 0.1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    # A model without BatchNorm is returned untouched.
+    plain = nn.Sequential(nn.Linear(5, 3))
+    assert recompute_batchnorm_stats(plain, x) is plain
