@@ -37,6 +37,7 @@ from weightspace.errors import InvalidParameterError
 from weightspace.fusion.clafusion import CLAFusionConfig, clafusion
 from weightspace.fusion.otfusion import otfusion, vanilla_average
 from weightspace.zoo.finetune import finetune_stack
+from weightspace.zoo.init import init_stack
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,6 @@ def time_to_accuracy(
         ``seconds`` (training wall time until reached, or for ``max_epochs``),
         ``epochs`` and ``reached`` (1.0 or 0.0).
     """
-    from weightspace.zoo.init import init_stack
-
     device = torch.device(device)
     model = copy.deepcopy(template).to(device)
     init = init_stack(model, torch.tensor([cfg.seed]), 1.0, device=device)
@@ -387,8 +386,6 @@ def _n_params(model: nn.Module) -> int:
 
 def _reinit(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model`` with freshly initialised parameters (seeded)."""
-    from weightspace.zoo.init import init_stack
-
     fresh = copy.deepcopy(model)
     state = init_stack(fresh, torch.tensor([seed]), torch.ones(1))
     fresh.load_state_dict({k: v[0] for k, v in state.items()}, strict=False)

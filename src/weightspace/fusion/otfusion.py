@@ -34,7 +34,7 @@ import ot
 import torch
 from torch import nn
 
-from weightspace.errors import InvalidParameterError
+from weightspace.errors import ArchitectureMismatchError, InvalidParameterError
 from weightspace.fusion.activations import capture, neuron_matrix
 from weightspace.fusion.structure import OUTPUT, NeuronLayer, Structure, check_compatible
 
@@ -339,8 +339,6 @@ def vanilla_average(
     ArchitectureMismatchError
         When state-dict keys or shapes differ (named in the message).
     """
-    from weightspace.errors import ArchitectureMismatchError
-
     ref = models[0].state_dict()
     for k, m in enumerate(models[1:], start=1):
         sd = m.state_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -151,3 +152,58 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def assemble_report(
+    shots: Mapping[str, Mapping[str, Any]],
+    finetuned: Mapping[str, Mapping[str, Any]],
+    distilled: Mapping[str, Mapping[str, float]],
+    headline: str | None = None,
+) -> tuple[dict[str, float], str, str, Figure, Figure]:
+    """Flat metrics, markdown tables, per-experiment JSON and the two figures.
+
+    Parameters
+    ----------
+    shots : mapping experiment -> one-shot result (``metrics``, ``k_rows``)
+    finetuned : mapping experiment -> fine-tuning result (``metrics``, ``curves``)
+    distilled : mapping teacher-student experiment -> KD metrics
+    headline : str, optional
+        Experiment whose metrics are also written without a prefix (default: the first).
+
+    Returns
+    -------
+    metrics, tables (markdown), details (JSON), accuracy-vs-K figure, curves figure
+    """
+    per_exp = {
+        name: {**shot["metrics"], **finetuned[name]["metrics"]} for name, shot in shots.items()
+    }
+    k_rows = {
+        name: [
+            {**r, "finetuned_acc": per_exp[name].get(f"k{r['k']}_finetuned_acc")}
+            for r in shot["k_rows"]
+        ]
+        for name, shot in shots.items()
+    }
+    metrics: dict[str, float] = dict(per_exp[headline or next(iter(per_exp))])
+    for name, m in {**per_exp, **distilled}.items():
+        metrics.update({f"{name}.{k}": v for k, v in m.items()})
+        for r in k_rows.get(name, []):
+            metrics[f"{name}.k{r['k']}_fused_acc"] = r["fused_acc"]
+            metrics[f"{name}.k{r['k']}_ensemble_acc"] = r["ensemble_acc"]
+    tables = "\n\n".join(
+        [
+            "## Table 1 (shape of CLAFusion Table 1): accuracy %, mean over pairs\n",
+            table1(per_exp),
+            "## Same-depth baselines and cost\n",
+            baseline_table(per_exp),
+            "## Table 2: K models alternating deep/shallow\n",
+            table2(k_rows),
+            "## Table 4: teacher-student fusion (student widths, teacher depth)\n",
+            table4(distilled),
+            "## Table 5: knowledge distillation into each student initialisation\n",
+            table5(distilled),
+        ]
+    )
+    curves = {name: f["curves"] for name, f in finetuned.items()}
+    details = json.dumps({**per_exp, **distilled}, indent=2)
+    return metrics, tables + "\n", details, k_figure(k_rows), curves_figure(curves)

@@ -18,6 +18,7 @@ from torch import nn
 
 from weightspace.data.base import Split, SplitDataset
 from weightspace.errors import InvalidParameterError
+from weightspace.zoo.init import init_stack
 from weightspace.zoo.tasks import TaskStack
 from weightspace.zoo.train import StackHParams, predict_stack, train_stack
 
@@ -126,8 +127,6 @@ def finetune_stack(
 def _initial(
     template: nn.Module, hp: StackHParams, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    from weightspace.zoo.init import init_stack
-
     return {
         k: v.cpu() for k, v in init_stack(template, hp.seeds, hp.init_scale, device=device).items()
     }

@@ -156,42 +156,5 @@ def report(
     distilled: dict[str, dict[str, float]],
     settings: dict[str, Any],
 ) -> tuple[dict[str, float], str, str, Figure, Figure]:
-    """metrics.json (headline experiment's keys unprefixed), tables, plots."""
-    per_exp = {
-        name: {**shot["metrics"], **finetuned[name]["metrics"]} for name, shot in shots.items()
-    }
-    k_rows = {}
-    for name, shot in shots.items():
-        rows = []
-        for r in shot["k_rows"]:
-            rows.append({**r, "finetuned_acc": per_exp[name].get(f"k{r['k']}_finetuned_acc")})
-        k_rows[name] = rows
-    headline = settings.get("headline") or next(iter(per_exp))
-    metrics: dict[str, float] = dict(per_exp[headline])
-    for name, m in {**per_exp, **distilled}.items():
-        metrics.update({f"{name}.{k}": v for k, v in m.items()})
-        for r in k_rows.get(name, []):
-            metrics[f"{name}.k{r['k']}_fused_acc"] = r["fused_acc"]
-            metrics[f"{name}.k{r['k']}_ensemble_acc"] = r["ensemble_acc"]
-    tables = "\n\n".join(
-        [
-            "## Table 1 (shape of CLAFusion Table 1): accuracy %, mean over pairs\n",
-            fr.table1(per_exp),
-            "## Same-depth baselines and cost\n",
-            fr.baseline_table(per_exp),
-            "## Table 2: K models alternating deep/shallow\n",
-            fr.table2(k_rows),
-            "## Table 4: teacher-student fusion (student widths, teacher depth)\n",
-            fr.table4(distilled),
-            "## Table 5: knowledge distillation into each student initialisation\n",
-            fr.table5(distilled),
-        ]
-    )
-    curves = {name: f["curves"] for name, f in finetuned.items()}
-    return (
-        metrics,
-        tables + "\n",
-        json.dumps({**per_exp, **distilled}, indent=2),
-        fr.k_figure(k_rows),
-        fr.curves_figure(curves),
-    )
+    """metrics.json (headline experiment's keys unprefixed), tables, details, plots."""
+    return fr.assemble_report(shots, finetuned, distilled, settings.get("headline"))
