@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline_targets import ROOT, pipeline_metrics, print_targets
 
 
 def targets(m: dict) -> list[tuple[str, float, str, bool]]:
@@ -54,17 +50,9 @@ def main() -> None:
     parser.add_argument("--env", default="base")
     parser.add_argument("--no-run", action="store_true")
     args = parser.parse_args()
-    if not args.no_run:
-        cmd = [sys.executable, "-m", "kedro", "run", "--pipeline=d2nwg"]
-        if args.env != "base":
-            cmd.append(f"--env={args.env}")
-        env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    metrics = json.loads((ROOT / "data/08_reporting/d2nwg/metrics.json").read_text())
+    metrics = pipeline_metrics("d2nwg", args.env, run=not args.no_run)
     rows = targets(metrics)
-    print(f"{'target':55s} {'measured':>12s}  {'goal':>16s}  result")
-    for name, value, goal, ok in rows:
-        print(f"{name:55s} {value:12.4f}  {goal:>16s}  {'met' if ok else 'MISSED'}")
+    print_targets(rows)
     out = ROOT / "benchmarks" / "results" / f"d2nwg_{args.env}.json"
     out.write_text(json.dumps({"metrics": metrics, "targets": [
         {"target": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows

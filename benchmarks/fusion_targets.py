@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from pipeline_targets import ROOT, pipeline_metrics, print_targets
 from weightspace.fusion import otfusion
 from weightspace.nets.registry import build_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def time_ot_512(repeats: int = 5) -> dict[str, float]:
@@ -69,13 +64,7 @@ def main() -> None:
     parser.add_argument("--no-run", action="store_true")
     args = parser.parse_args()
     timing = time_ot_512()
-    if not args.no_run:
-        cmd = [sys.executable, "-m", "kedro", "run", "--pipeline=fusion"]
-        if args.env != "base":
-            cmd.append(f"--env={args.env}")
-        env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    metrics = json.loads((ROOT / "data/08_reporting/fusion/metrics.json").read_text())
+    metrics = pipeline_metrics("fusion", args.env, run=not args.no_run)
     experiments = sorted({k.split(".", 1)[0] for k in metrics if k.endswith(".clafusion_acc")})
     rows = [
         ("exact-OT fusion of two 512-wide MLPs, activation cost (s)",
@@ -86,10 +75,7 @@ def main() -> None:
     for exp in experiments:
         m = {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith(exp + ".")}
         rows += targets(exp, m)
-    width = max(len(r[0]) for r in rows)
-    print(f"{'target':<{width}}  {'measured':>10}  {'goal':<22} status")
-    for name, value, goal, met in rows:
-        print(f"{name:<{width}}  {value:>10.4f}  {goal:<22} {'met' if met else 'MISSED'}")
+    print_targets(rows)
     out = ROOT / "benchmarks/results" / f"fusion_{args.env}.json"
     out.write_text(
         json.dumps(
