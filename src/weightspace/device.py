@@ -29,3 +29,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"device {device!r} asked for CUDA but no GPU is visible; use device: auto or cpu"
         )
     return dev
+
+
+def module_device(module: torch.nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """Device of a module's first parameter (else first buffer, else ``default``)."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device(default)

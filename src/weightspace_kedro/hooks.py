@@ -1,9 +1,10 @@
-"""Project hooks: seed every generator and resolve ``device: auto`` once per run."""
+"""Project hooks: seed every generator, resolve ``device: auto`` once per run, time nodes."""
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -11,12 +12,29 @@ import torch
 from kedro.framework.hooks import hook_impl
 
 from weightspace.device import resolve_device
+from weightspace_kedro.datasets.node_timings import record
 
 log = logging.getLogger(__name__)
 
 
 class WeightspaceHooks:
-    """Seeding and device selection from the global ``parameters.yml``."""
+    """Seeding and device selection from the global ``parameters.yml``; node timing."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    @hook_impl
+    def before_node_run(self, node: Any) -> None:
+        """Start the node's clock."""
+        self._started[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        """Record ``<node>_seconds`` (see :mod:`weightspace_kedro.datasets.node_timings`)."""
+        start = self._started.pop(node.name, None)
+        if start is not None:
+            short = node.name.rsplit(".", 1)[-1]
+            record(node.namespace, short, time.perf_counter() - start)
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:

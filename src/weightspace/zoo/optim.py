@@ -108,3 +108,31 @@ class StackedOptimizer:
             step_size = act * self.lr / bc1
         denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
         p.sub_(m / denom * step_size)
+
+
+def make_optimizer(
+    params,
+    kind: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """The per-model ``torch.optim`` optimiser of one name: the project's one switch.
+
+    Parameters
+    ----------
+    params : iterable of Tensor
+        Parameters to optimise.
+    kind : {"adam", "adamw", "sgd"}
+        Update rule (the same names as :class:`StackedOptimizer`).
+    lr, weight_decay : float
+    momentum : float
+        SGD only.
+    """
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise InvalidParameterError(f"unknown optimizer {kind!r}; choose one of {OPTIMIZERS}")
