@@ -9,14 +9,10 @@ Public entry points: :func:`otfusion` (same depth, any widths), :func:`clafusion
 from __future__ import annotations
 
 from weightspace.fusion.alignment import cross_layer_alignment
-from weightspace.fusion.balance import (
-    add_identity_layer,
-    balance_by_adding,
-    balance_by_merging,
-    merge_hidden_layer,
-)
+from weightspace.fusion.balance import add_identity_layer, balance_by_adding
 from weightspace.fusion.cka import cka_cost_matrix, linear_cka
 from weightspace.fusion.clafusion import CLAFusionConfig, CLAFusionResult, clafusion
+from weightspace.fusion.merge import balance_by_merging, merge_hidden_layer, relu_mask_estimate
 from weightspace.fusion.otfusion import (
     OTFusionConfig,
     align_models,
@@ -41,6 +37,7 @@ __all__ = [
     "linear_cka",
     "merge_hidden_layer",
     "otfusion",
+    "relu_mask_estimate",
     "transport_map",
     "vanilla_average",
 ]

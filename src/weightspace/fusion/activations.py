@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.device import module_device
 from weightspace.errors import InvalidParameterError
 
 
@@ -39,7 +40,7 @@ def capture(
     missing = [p for p in paths if p not in modules]
     if missing:
         raise InvalidParameterError(f"model has no modules {missing}; known: {sorted(modules)}")
-    device = next(model.parameters()).device
+    device = module_device(model)
     outputs: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     hooks = []
     for p in dict.fromkeys(paths):

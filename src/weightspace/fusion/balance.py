@@ -10,14 +10,11 @@ have equal depths, which §3.2 obtains in one of two ways:
   ("Balancing the number of layers for CNN") a VGG gets a convolution with identity
   kernels (and an identity BatchNorm), a ResNet a block whose two convolutions are zero
   so that only the identity shortcut remains: ``relu(x + 0) = x``.
-- **Merge layers in model A** (:func:`merge_hidden_layer`, :func:`balance_by_merging`):
-  remove a hidden layer by connecting its two neighbours with
-  ``W = W2 D W1``, where ``D`` is a 0/1 diagonal estimate of the removed layer's ReLU
-  mask (:func:`relu_mask_estimate`: sign of sum, majority vote or average of sign over
-  ``t`` samples). The paper defines merging for MLPs only.
+- **Merge layers in model A** (MLPs only): :mod:`weightspace.fusion.merge`.
 
-Every function returns a new module (the input is deep-copied, never changed); new
-layers get the dtype and device of the model's parameters and its training mode.
+This module holds the first way and the mapping checks both share. Every function
+returns a new module (the input is deep-copied, never changed); new layers get the dtype
+and device of the model's parameters and its training mode.
 """
 
 from __future__ import annotations
@@ -30,12 +27,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from weightspace.errors import InvalidParameterError, ShapeError, UnsupportedLayerError
+from weightspace.device import module_device
+from weightspace.errors import InvalidParameterError, UnsupportedLayerError
 from weightspace.fusion.structure import describe, family_of
 from weightspace.nets.resnet import BasicBlock
-
-ESTIMATES = ("sign_of_sum", "majority", "average")
-"""Estimates of the ReLU mask ``D`` of a merged layer (§3.2, "Merge layers in model A")."""
 
 _CONV = (nn.Conv1d, nn.Conv2d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -47,11 +42,10 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _like(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    """dtype and device of the model's parameters (float32 / CPU without parameters)."""
+    """dtype of the model's parameters (default dtype without any) and its device."""
     param = next(model.parameters(), None)
-    if param is None:
-        return torch.get_default_dtype(), torch.device("cpu")
-    return param.dtype, param.device
+    dtype = torch.get_default_dtype() if param is None else param.dtype
+    return dtype, module_device(model)
 
 
 def _finish(new: nn.Module, model: nn.Module) -> nn.Module:
@@ -60,18 +54,20 @@ def _finish(new: nn.Module, model: nn.Module) -> nn.Module:
     return new.to(device=device, dtype=dtype).train(model.training)
 
 
-def _children(seq: nn.Sequential) -> list[tuple[str, nn.Module]]:
+def children(seq: nn.Sequential) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the direct children, in order."""
     return list(seq.named_children())
 
 
-def _index_of(seq: nn.Sequential, name: str) -> int:
-    names = [n for n, _ in _children(seq)]
+def index_of(seq: nn.Sequential, name: str) -> int:
+    """Position of the child called ``name``."""
+    names = [n for n, _ in children(seq)]
     return names.index(name)
 
 
 def _relu_end(seq: nn.Sequential, start: int) -> int:
     """Index just past the ReLU that closes the layer at ``start`` (skipping a BatchNorm)."""
-    mods = [m for _, m in _children(seq)]
+    mods = [m for _, m in children(seq)]
     k = start + 1
     if k < len(mods) and isinstance(mods[k], _BN):
         k += 1
@@ -85,7 +81,7 @@ def _relu_end(seq: nn.Sequential, start: int) -> int:
 
 def _inserted(seq: nn.Sequential, at: int, new: Sequence[nn.Module]) -> nn.Sequential:
     """A new Sequential with ``new`` inserted before position ``at`` (indices renumber)."""
-    mods = [m for _, m in _children(seq)]
+    mods = [m for _, m in children(seq)]
     return nn.Sequential(*mods[:at], *new, *mods[at:])
 
 
@@ -185,7 +181,7 @@ def _bad_after(after: str, valid: Sequence[str]) -> InvalidParameterError:
 def _insert_mlp(model: nn.Sequential, after: str) -> nn.Sequential:
     if after not in describe(model).align_groups[0].units:
         raise _bad_after(after, _unit_paths(model))
-    k = _index_of(model, after)
+    k = index_of(model, after)
     lin = model[k]
     identity = _identity_linear(lin.out_features, lin.bias is not None)
     new = _finish(nn.Sequential(identity, nn.ReLU()), model)
@@ -223,16 +219,16 @@ def _insert_vgg(model: nn.Module, after: str) -> nn.Module:
         raise _bad_after(after, valid)
     part, name = after.split(".", 1)
     if part == "features":
-        _insert_vgg_conv(model, _index_of(model.features, name))
+        _insert_vgg_conv(model, index_of(model.features, name))
     else:
-        _insert_vgg_head(model, _index_of(model.classifier, name))
+        _insert_vgg_head(model, index_of(model.classifier, name))
     return model
 
 
 def _insert_resnet(model: nn.Module, after: str) -> nn.Module:
     if after not in _unit_paths(model):
         raise _bad_after(after, _unit_paths(model))
-    k = _index_of(model.layers, after.split(".", 1)[1])
+    k = index_of(model.layers, after.split(".", 1)[1])
     block = _finish(_zero_block(model.layers[k]), model)
     model.layers = _inserted(model.layers, k + 1, [block])
     return model
@@ -290,7 +286,7 @@ def _as_index(value: object, what: str) -> int:
         raise InvalidParameterError(f"{what} must be an integer, got {value!r}") from None
 
 
-def _check_mapping(mapping: Sequence[int], n: int, m: int, where: str) -> list[int]:
+def check_mapping(mapping: Sequence[int], n: int, m: int, where: str) -> list[int]:
     """Validate a strictly increasing map of ``n`` units into ``m`` deeper units."""
     idx = [_as_index(v, f"{where} entries") for v in mapping]
     if len(idx) != n:
@@ -326,7 +322,7 @@ def _insertion_plan(
                 f"depths[{g}] = {m} is smaller than the model's {n} units in group {g}: "
                 "balance_by_adding deepens the shallower model"
             )
-        idx = _check_mapping(mapping, n, m, f"mappings[{g}]")
+        idx = check_mapping(mapping, n, m, f"mappings[{g}]")
         plan += _group_plan(structure.family, g, len(groups), idx, m)
     return plan
 
@@ -385,189 +381,4 @@ def balance_by_adding(
         after = units[j] if j >= 0 else "classifier.0"
         for _ in range(count):
             out = _insert(out, after)
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# merging hidden layers
-# --------------------------------------------------------------------------------------
-
-
-def _step(z: torch.Tensor) -> torch.Tensor:
-    return (z >= 0).to(z.dtype)
-
-
-def relu_mask_estimate(preacts: torch.Tensor, estimate: str) -> torch.Tensor:
-    """Estimate the diagonal of the ReLU mask ``D`` of a layer (§3.2).
-
-    Parameters
-    ----------
-    preacts : Tensor, shape (t, p) or (t, p, *spatial)
-        Pre-activations of the layer's ``p`` neurons on ``t`` samples (spatial positions
-        count as further samples).
-    estimate : {"sign_of_sum", "majority", "average"}
-        ``step(sum_j z_j)`` with ``step(x) = 1`` if ``x >= 0``; 1 if at least half the
-        samples have ``z > 0``; or ``mean_j step(z_j)``.
-
-    Returns
-    -------
-    Tensor, shape (p,)
-        Values in ``{0, 1}`` (``[0, 1]`` for ``"average"``), floating point.
-    """
-    if estimate not in ESTIMATES:
-        raise InvalidParameterError(
-            f"unknown ReLU mask estimate {estimate!r}; choose one of {list(ESTIMATES)}"
-        )
-    if preacts.ndim < 2 or preacts.shape[0] == 0:
-        raise ShapeError(
-            f"preacts must have shape (t, p) or (t, p, *spatial) with t >= 1, got "
-            f"{tuple(preacts.shape)}"
-        )
-    z = preacts if preacts.is_floating_point() else preacts.float()
-    z = z.transpose(0, 1).reshape(z.shape[1], -1)
-    if estimate == "sign_of_sum":
-        return _step(z.sum(dim=1))
-    if estimate == "majority":
-        return (2 * (z > 0).sum(dim=1) >= z.shape[1]).to(z.dtype)
-    return _step(z).mean(dim=1)
-
-
-def _merged_linear(first: nn.Linear, second: nn.Linear, mask: torch.Tensor) -> nn.Linear:
-    """``Linear`` with ``W = W2 D W1`` and ``b = W2 D b1 + b2`` (computed in float64)."""
-    w1, w2 = first.weight.detach().double(), second.weight.detach().double()
-    d = mask.to(device=w1.device, dtype=torch.float64)
-    weight = w2 @ (d[:, None] * w1)
-    bias = None
-    if first.bias is not None or second.bias is not None:
-        bias = torch.zeros(w2.shape[0], dtype=torch.float64, device=w1.device)
-        if first.bias is not None:
-            bias = bias + w2 @ (d * first.bias.detach().double())
-        if second.bias is not None:
-            bias = bias + second.bias.detach().double()
-    new = nn.Linear(first.in_features, second.out_features, bias=bias is not None)
-    new = new.to(device=first.weight.device, dtype=first.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new.train(first.training)
-
-
-def _require_mlp(model: nn.Module) -> None:
-    if family_of(model) != "mlp":
-        raise UnsupportedLayerError(
-            f"cannot merge layers of a {type(model).__name__}: merging is defined for MLPs "
-            "only (CLAFusion §3.2); use balancing 'add' (identity layers) for CNNs"
-        )
-
-
-def _merge(model: nn.Sequential, layer: str, preacts: torch.Tensor, estimate: str) -> nn.Sequential:
-    """Merge without copying: the result shares the untouched children of ``model``."""
-    structure = describe(model)
-    hidden = structure.align_groups[0].units
-    if layer not in hidden:
-        raise InvalidParameterError(
-            f"cannot merge layer {layer!r}: it is not a hidden Linear of this MLP; hidden "
-            f"layers are {list(hidden)} (the output layer cannot be merged)"
-        )
-    k = _index_of(model, layer)
-    first = model[k]
-    if preacts.ndim != 2 or preacts.shape[1] != first.out_features:
-        raise ShapeError(
-            f"preacts of layer {layer!r} have shape {tuple(preacts.shape)} but the layer "
-            f"has out_features={first.out_features}; pass (t, {first.out_features})"
-        )
-    paths = [lay.path for lay in structure.layers]
-    k2 = _index_of(model, paths[paths.index(layer) + 1])
-    merged = _merged_linear(first, model[k2], relu_mask_estimate(preacts, estimate))
-    mods = [m for _, m in _children(model)]
-    return nn.Sequential(*mods[:k], merged, *mods[k2 + 1 :])
-
-
-def merge_hidden_layer(
-    model: nn.Sequential,
-    layer: str,
-    preacts: torch.Tensor,
-    estimate: str = "sign_of_sum",
-) -> nn.Sequential:
-    """Remove the hidden neurons output by Linear ``layer`` (§3.2, "Merge layers").
-
-    Parameters
-    ----------
-    model : nn.Sequential
-        An MLP ``[Flatten,] Linear, ReLU, ..., Linear``.
-    layer : str
-        Path of a hidden Linear (not the output layer).
-    preacts : Tensor, shape (t, p)
-        Outputs of ``layer`` (its pre-activations) on ``t`` samples.
-    estimate : {"sign_of_sum", "majority", "average"}
-        How :func:`relu_mask_estimate` turns ``preacts`` into ``D``.
-
-    Returns
-    -------
-    nn.Sequential
-        A new MLP in which ``layer``, its ReLU and the next Linear ``(W2, b2)`` are
-        replaced by one Linear with ``W = W2 D W1`` and ``b = W2 D b1 + b2``; exact
-        where the removed neurons' ReLU pattern equals ``D``.
-
-    Raises
-    ------
-    UnsupportedLayerError
-        ``model`` is a VGG or ResNet.
-    InvalidParameterError
-        ``layer`` is not a hidden Linear, or ``estimate`` is unknown.
-    ShapeError
-        ``preacts`` is not ``(t, out_features of layer)``.
-    """
-    _require_mlp(model)
-    return _merge(copy.deepcopy(model), layer, preacts, estimate)
-
-
-def balance_by_merging(
-    model: nn.Sequential,
-    mapping: Sequence[int],
-    preacts: Sequence[torch.Tensor],
-    estimate: str = "sign_of_sum",
-) -> nn.Sequential:
-    """Reduce a deeper MLP to the hidden layers in ``mapping`` by merging (§3.2).
-
-    Parameters
-    ----------
-    model : nn.Sequential
-        The deeper MLP, with ``m`` hidden layers.
-    mapping : sequence of int
-        ``n`` strictly increasing 0-based indices of the hidden layers to keep.
-    preacts : sequence of Tensor
-        ``m`` tensors; ``preacts[h]`` of shape ``(t, p_h)`` holds the ORIGINAL
-        pre-activations of hidden layer ``h``.
-    estimate : {"sign_of_sum", "majority", "average"}
-        ReLU mask estimate used for every merged layer.
-
-    Returns
-    -------
-    nn.Sequential
-        A new MLP with ``n`` hidden layers. Every removed hidden layer ``h`` is merged
-        with the Linear after it, from the back, so consecutive removals chain as
-        ``W3 D2 W2 D1 W1``.
-
-    Raises
-    ------
-    UnsupportedLayerError
-        ``model`` is not an MLP.
-    InvalidParameterError
-        ``len(preacts) != m`` or a malformed ``mapping``.
-    """
-    _require_mlp(model)
-    m = len(describe(model).align_groups[0].units)
-    if len(preacts) != m:
-        raise InvalidParameterError(
-            f"got {len(preacts)} pre-activation tensors for an MLP with {m} hidden layers; "
-            "give the original pre-activations of every hidden layer"
-        )
-    keep = set(_check_mapping(mapping, len(mapping), m, "mapping"))
-    out = copy.deepcopy(model)
-    for h in reversed(range(m)):
-        if h not in keep:
-            layer = describe(out).align_groups[0].units[h]
-            out = _merge(out, layer, preacts[h], estimate)
     return out

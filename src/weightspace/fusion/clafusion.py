@@ -36,8 +36,9 @@ from torch import nn
 from weightspace.errors import ArchitectureMismatchError, InvalidParameterError
 from weightspace.fusion.activations import capture
 from weightspace.fusion.alignment import cost_from_widths, cross_layer_alignment
-from weightspace.fusion.balance import balance_by_adding, balance_by_merging
+from weightspace.fusion.balance import balance_by_adding
 from weightspace.fusion.cka import cka_cost_matrix
+from weightspace.fusion.merge import ESTIMATES, balance_by_merging
 from weightspace.fusion.otfusion import (
     OTFusionConfig,
     align_models,
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 BALANCING = ("add", "merge")
 LAYER_COSTS = ("cka", "neurons")
-MERGE_ESTIMATES = ("sign_of_sum", "majority", "average")
+MERGE_ESTIMATES = ESTIMATES
 
 
 @dataclass(frozen=True)

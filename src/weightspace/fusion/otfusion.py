@@ -25,15 +25,18 @@ back the same function.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ot
 import torch
 from torch import nn
 
+from weightspace.device import module_device
 from weightspace.errors import ArchitectureMismatchError, InvalidParameterError
 from weightspace.fusion.activations import capture, neuron_matrix
 from weightspace.fusion.structure import OUTPUT, NeuronLayer, Structure, check_compatible
@@ -292,12 +295,8 @@ def otfusion(
     *,
     target: int = 0,
     weights: Sequence[float] | None = None,
-    ground_metric: str = "activation",
-    solver: str = "emd",
-    reg: float = 0.01,
-    distance: str = "euclidean",
-    n_samples: int = 200,
-    recompute_bn_stats: bool = False,
+    config: OTFusionConfig | None = None,
+    **options: Any,
 ) -> nn.Module:
     """Fuse models of one family and depth into one model with the target's widths.
 
@@ -313,20 +312,33 @@ def otfusion(
         "initial estimate" of K > 2 fusion in OTFusion §4.
     weights : sequence of float, optional
         Fusion weights (default uniform).
-    ground_metric, solver, reg, distance, n_samples, recompute_bn_stats
-        See :class:`OTFusionConfig`.
+    config : OTFusionConfig, optional
+        How neurons are aligned (default ``OTFusionConfig()``).
+    **options
+        Fields of :class:`OTFusionConfig` replacing those of ``config``
+        (``otfusion(models, x, ground_metric="weight")``).
 
     Returns
     -------
     nn.Module
         A new module (a copy of ``models[target]``) with the fused weights.
     """
-    config = OTFusionConfig(ground_metric, solver, reg, distance, n_samples, recompute_bn_stats)
+    config = _with_options(config or OTFusionConfig(), options)
     states = align_models(models, x, target, config)
     fused = average_states(states, models[target], weights)
-    if recompute_bn_stats and x is not None:
+    if config.recompute_bn_stats and x is not None:
         recompute_batchnorm_stats(fused, x)
     return fused
+
+
+def _with_options(config: OTFusionConfig, options: Mapping[str, Any]) -> OTFusionConfig:
+    allowed = {f.name for f in dataclasses.fields(OTFusionConfig)}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InvalidParameterError(
+            f"otfusion() got unknown options {unknown}; OTFusionConfig fields are {sorted(allowed)}"
+        )
+    return dataclasses.replace(config, **options) if options else config
 
 
 def vanilla_average(
@@ -378,7 +390,7 @@ def recompute_batchnorm_stats(
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
-    device = next(model.parameters()).device
+    device = module_device(model)
     momenta = [m.momentum for m in bns]
     was_training = model.training
     for m in bns:

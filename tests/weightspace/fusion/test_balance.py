@@ -7,13 +7,8 @@ import torch
 from torch import nn
 
 from weightspace.errors import InvalidParameterError, ShapeError, UnsupportedLayerError
-from weightspace.fusion.balance import (
-    add_identity_layer,
-    balance_by_adding,
-    balance_by_merging,
-    merge_hidden_layer,
-    relu_mask_estimate,
-)
+from weightspace.fusion.balance import add_identity_layer, balance_by_adding
+from weightspace.fusion.merge import balance_by_merging, merge_hidden_layer, relu_mask_estimate
 from weightspace.fusion.structure import describe
 from weightspace.nets.mlp import build_mlp
 from weightspace.nets.resnet import ResNet

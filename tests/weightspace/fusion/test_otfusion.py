@@ -417,6 +417,24 @@ def test_activation_metric_needs_samples() -> None:
     otfusion(models, ground_metric="weight")  # no samples needed
 
 
+def test_config_object_and_keyword_options_agree() -> None:
+    torch.manual_seed(5)
+    models = [build_mlp((1, 4, 4), 3, [6, 5]) for _ in range(2)]
+    x = _inputs((1, 4, 4))
+    config = OTFusionConfig(ground_metric="weight", solver="sinkhorn", reg=0.05)
+    by_config = otfusion(models, x, config=config)
+    by_keywords = otfusion(models, x, ground_metric="weight", solver="sinkhorn", reg=0.05)
+    for k, v in by_config.state_dict().items():
+        assert torch.equal(v, by_keywords.state_dict()[k])
+    # keywords replace the config's fields; the default (activation) cost differs
+    assert not torch.equal(
+        otfusion(models, x, config=config, ground_metric="activation").state_dict()["1.weight"],
+        by_config.state_dict()["1.weight"],
+    )
+    with pytest.raises(InvalidParameterError, match=r"unknown options \['solvr'\]"):
+        otfusion(models, x, solvr="emd")
+
+
 def test_bad_configuration() -> None:
     models = [build_mlp((1, 4, 4), 3, [5]) for _ in range(2)]
     x = _inputs((1, 4, 4))
