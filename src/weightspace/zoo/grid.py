@@ -10,6 +10,7 @@ The grid is plain data, as written in ``conf/base/parameters_zoo.yml``::
     architectures:
       - {name: mlp, config: {hidden: [32]}}
       - {name: vgg, config: {stages: [[8]]}, datasets: [mnist1d]}  # only these datasets
+      - {key: deep, name: mlp, config: {hidden: [32, 32]}}  # a short name for experiments
     seeds: 5                    # an int n means seeds 0..n-1; a list is taken as is
     train:                      # scalars or lists; lists are crossed
       lr: [0.01, 0.003]
@@ -132,11 +133,11 @@ def expand_grid(
     if not archs:
         raise EmptyZooError("the zoo grid has no architectures; add entries under 'architectures'")
     for i, a in enumerate(archs):
-        unknown = set(a) - {"name", "config", "datasets"}
+        unknown = set(a) - {"name", "config", "datasets", "key"}
         if unknown or "name" not in a:
             raise InvalidParameterError(
                 f"zoo architecture entry {i} {dict(a)!r}: needs 'name' and only the keys "
-                f"['config', 'datasets', 'name'] (unknown: {sorted(unknown)})"
+                f"['config', 'datasets', 'key', 'name'] (unknown: {sorted(unknown)})"
             )
         missing = sorted(set(a.get("datasets") or ()) - set(n_classes))
         if missing:
