@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from weightspace.data.base import Split, SplitDataset
+from weightspace.data.cards import dataset_card
 from weightspace.data.features import FrozenFeatureExtractor
 from weightspace.data.tasks import sample_class_subsets
 from weightspace.errors import InvalidParameterError
@@ -105,3 +106,26 @@ def few_shot_task_sets(
     combos = sample_class_subsets(n_classes, way, n_zoo + n_unseen, seed=seed, exclude=pool.novel)
     novel = sample_class_subsets(n_classes, way, n_novel, seed=seed + 1, exclude=pool.seen)
     return {"zoo": list(combos[:n_zoo]), "unseen": list(combos[n_zoo:]), "novel": list(novel)}
+
+
+HEAD: dict = {"name": "mlp", "config": {"hidden": []}}
+"""A classifier head over pool features is a registry MLP with no hidden layer:
+``Linear(d, k)``."""
+
+
+def pool_name(pool: SplitDataset) -> str:
+    """Dataset name of a pool tied to its content (new features -> new heads)."""
+    return f"pool-{dataset_card(pool)['sha256'][:10]}"
+
+
+def pool_dataset(pool: SplitDataset) -> SplitDataset:
+    """The pool's dataset (``ClassPool.dataset``) under its content-tied name."""
+    return SplitDataset(
+        pool_name(pool),
+        pool.train,
+        pool.val,
+        pool.test,
+        pool.n_classes,
+        pool.input_shape,
+        pool.class_names,
+    )

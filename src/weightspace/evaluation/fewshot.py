@@ -9,14 +9,16 @@ trainer of :mod:`weightspace.zoo.train`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from weightspace.data.base import Split, SplitDataset
 from weightspace.data.tasks import TaskSpec, make_task
+from weightspace.zoo.evaluate import stack_accuracy
 from weightspace.zoo.tasks import TaskStack
-from weightspace.zoo.train import StackHParams, predict_stack, train_stack
+from weightspace.zoo.train import StackHParams, train_stack
 
 
 def task_datasets(pool: SplitDataset, tasks: Sequence[tuple[int, ...]]) -> list[SplitDataset]:
@@ -35,20 +37,38 @@ def support_split(ds: SplitDataset, shots: int, seed: int) -> Split:
     return Split(ds.train.x[pick], ds.train.y[pick])
 
 
-@torch.no_grad()
-def accuracy_on(
-    template: nn.Module,
-    stacked: Mapping[str, torch.Tensor],
-    task_index: torch.Tensor,
-    data: TaskStack,
-) -> torch.Tensor:
-    """Accuracy ``(B,)`` of each model on its own task's (padded) split."""
-    logits = predict_stack(template, dict(stacked), task_index, data)
-    t = task_index.to(data.y.device)
-    labels = data.y[t]
-    mask = torch.arange(data.n_max, device=labels.device)[None, :] < data.n[t][:, None]
-    correct = (logits.argmax(-1) == labels) & mask
-    return (correct.sum(1) / mask.sum(1)).cpu()
+@dataclass(frozen=True)
+class GroupData:
+    """A group of k-way tasks with their support and query stacks.
+
+    ``support_sets`` is ``(T, K, shots, *x)``: the support samples of task ``t``,
+    class by class (the conditioning input of a dataset encoder).
+    """
+
+    datasets: list[SplitDataset]
+    support: TaskStack
+    support_sets: torch.Tensor
+    val: TaskStack
+    test: TaskStack
+
+
+def group_data(datasets: Sequence[SplitDataset], shots: int, seed: int) -> GroupData:
+    """Support sets (``shots`` per class from train, seed ``seed + t`` for task ``t``),
+    validation and test stacks."""
+    supports = [support_split(ds, shots, seed + i) for i, ds in enumerate(datasets)]
+    sets = torch.stack(
+        [
+            torch.stack([s.x[s.y == k] for k in range(ds.n_classes)])
+            for s, ds in zip(supports, datasets, strict=True)
+        ]
+    )
+    return GroupData(
+        list(datasets),
+        TaskStack.from_splits(supports),
+        sets,
+        TaskStack.from_splits([ds.val for ds in datasets]),
+        TaskStack.from_splits([ds.test for ds in datasets]),
+    )
 
 
 def finetune_curves(
@@ -70,7 +90,7 @@ def finetune_curves(
         Column 0 is the accuracy of ``init`` itself.
     """
     b = len(task_index)
-    out = [accuracy_on(template, init, task_index, query)]
+    out = [stack_accuracy(template, init, task_index, query)]
     k = max(steps)
     hp = StackHParams(
         seeds=torch.arange(b) + seed,
@@ -85,5 +105,5 @@ def finetune_curves(
     )  # fmt: skip
     for s in steps:
         state = result.final if s == k else result.snapshots[s]
-        out.append(accuracy_on(template, state, task_index, query))
+        out.append(stack_accuracy(template, state, task_index, query))
     return torch.stack(out, 1)

@@ -1,7 +1,9 @@
 """Memorization audit: do generated models only replay their training checkpoints?
 
 For each generated model, find its nearest zoo member (L2 in weight space, among the zoo
-members of the same task) and measure how often their predictions agree on the task's
+members of the same task; weights flattened through the architecture's
+:class:`~weightspace.weights.ParameterSpec`, so the order in which a state dict lists its
+tensors does not matter) and measure how often their predictions agree on the task's
 test inputs. As a reference, perturb each zoo member with Gaussian noise whose norm equals
 the median distance from generated models to their nearest members, and measure the
 agreement of the perturbed copy with the original. Generated models that agree with their
@@ -16,24 +18,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from weightspace.weights import ParameterSpec, vectorize
+from weightspace.zoo.evaluate import stack_agreement
 from weightspace.zoo.tasks import TaskStack
-from weightspace.zoo.train import predict_stack
-
-
-def _flat(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Model-wise vectors ``(B, D)``, tensors in sorted-name order: two stacks compare
-    element by element whatever order their dicts list the tensors in (a state read from
-    a checkpoint lists them sorted, a decoded one in parameter order)."""
-    return torch.cat([stacked[k].flatten(1) for k in sorted(stacked)], 1)
-
-
-@torch.no_grad()
-def _agreement(template, a, b, task_index, data: TaskStack) -> torch.Tensor:
-    pa = predict_stack(template, dict(a), task_index, data).argmax(-1)
-    pb = predict_stack(template, dict(b), task_index, data).argmax(-1)
-    t = task_index.to(data.y.device)
-    mask = torch.arange(data.n_max, device=pa.device)[None, :] < data.n[t][:, None]
-    return (((pa == pb) & mask).sum(1) / mask.sum(1)).cpu()
 
 
 @torch.no_grad()
@@ -64,25 +51,26 @@ def memorization_audit(
         originals), ``zoo_pair_similarity`` (agreement of two zoo members of one task:
         independent runs), ``nearest_distance`` (median L2 distance), ``noise_std``.
     """
-    g, z = _flat(generated), _flat(zoo)
+    spec = ParameterSpec.from_module(template)
+    g, z = vectorize(dict(generated), spec), vectorize(dict(zoo), spec)
     dist = torch.cdist(g, z)
     dist[gen_task[:, None] != zoo_task[None, :]] = float("inf")
     nearest = dist.argmin(1)
     d_near = dist[torch.arange(len(g)), nearest]
     near_state = {k: v[nearest] for k, v in zoo.items()}
-    sim = _agreement(template, generated, near_state, gen_task, data)
+    sim = stack_agreement(template, generated, near_state, gen_task, data)
     median = float(d_near[torch.isfinite(d_near)].median())
     std = median / max(z.shape[1], 1) ** 0.5
     gen = torch.Generator().manual_seed(seed)
     noisy = {k: zoo[k] + std * torch.randn(zoo[k].shape, generator=gen) for k in sorted(zoo)}
-    base = _agreement(template, noisy, zoo, zoo_task, data)
+    base = stack_agreement(template, noisy, zoo, zoo_task, data)
     # Independent training runs of the same task (another zoo member): how similar two
     # models that are certainly not copies of each other are.
     partner = torch.empty(len(zoo_task), dtype=torch.long)
     for t in zoo_task.unique():
         rows = (zoo_task == t).nonzero().flatten()
         partner[rows] = rows.roll(1)
-    pairs = _agreement(template, zoo, {k: v[partner] for k, v in zoo.items()}, zoo_task, data)
+    pairs = stack_agreement(template, zoo, {k: v[partner] for k, v in zoo.items()}, zoo_task, data)
     return {
         "memorization_similarity": float(sim.mean()),
         "noise_baseline_similarity": float(base.mean()),

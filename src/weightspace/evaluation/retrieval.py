@@ -27,18 +27,23 @@ Everything is batched over models; only datasets are looped over.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from weightspace.data.base import SplitDataset
 from weightspace.errors import InvalidParameterError, ShapeError
-from weightspace.evaluation.d2nwg_eval import Sampler, evaluate_group, group_data
-from weightspace.evaluation.fewshot import accuracy_on
+from weightspace.evaluation.d2nwg_protocol import score_group
+from weightspace.evaluation.fewshot import group_data
+from weightspace.generators.d2nwg_stages import Sampler
+from weightspace.weights import ParameterSpec, vectorize
+from weightspace.zoo.evaluate import stack_accuracy
 from weightspace.zoo.tasks import TaskStack
 from weightspace.zoo.train import predict_stack
 
 __all__ = [
+    "RetrievalScores",
     "check_shared_architecture",
     "evaluate_retrieval",
     "flatten_sets",
@@ -48,11 +53,25 @@ __all__ = [
 ]
 
 
-def _flat(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Model-wise vectors ``(B, D)``, tensors in sorted-name order: two stacks compare
-    element by element whatever order their dicts list the tensors in (a state read from
-    a checkpoint lists them sorted, a decoded one in parameter order)."""
-    return torch.cat([stacked[k].flatten(1) for k in sorted(stacked)], 1)
+@dataclass(frozen=True)
+class RetrievalScores:
+    """What :func:`evaluate_retrieval` measured (shapes in its docstring)."""
+
+    zoo_mean: torch.Tensor
+    zoo_best: torch.Tensor
+    sampled_mean: torch.Tensor
+    sampled_best: torch.Tensor
+    retrieval: torch.Tensor
+    retrieval_l2: torch.Tensor
+    sampled_test: torch.Tensor
+    sample_task: torch.Tensor
+    nearest: torch.Tensor
+    agreement: torch.Tensor
+    confusion: torch.Tensor
+    confusion_l2: torch.Tensor
+    stacked: dict[str, torch.Tensor]
+    seconds_per_model: float
+    n_candidates: int
 
 
 def check_shared_architecture(datasets: Sequence[SplitDataset]) -> tuple[tuple[int, ...], int]:
@@ -149,10 +168,15 @@ def nearest_by_agreement(
 
 
 def nearest_by_l2(
-    samples: Mapping[str, torch.Tensor], zoo: Mapping[str, torch.Tensor]
+    template: nn.Module, samples: Mapping[str, torch.Tensor], zoo: Mapping[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest zoo member of every sample in weight space: ``(rows (B,), distances (B,))``."""
-    dist = torch.cdist(_flat(samples).double(), _flat(zoo).double())
+    """Nearest zoo member of every sample in weight space: ``(rows (B,), distances (B,))``.
+
+    Both stacks are flattened through ``template``'s :class:`ParameterSpec`, so the order
+    in which they list their tensors does not matter.
+    """
+    spec = ParameterSpec.from_module(template)
+    dist = torch.cdist(vectorize(dict(samples), spec).double(), vectorize(dict(zoo), spec).double())
     d, idx = dist.min(1)
     return idx, d.float()
 
@@ -178,7 +202,7 @@ def evaluate_retrieval(
     n_candidates: int,
     shots: int,
     seed: int,
-) -> dict[str, torch.Tensor]:
+) -> RetrievalScores:
     """Sample ``n_candidates`` networks per seen dataset and compare them with the zoo.
 
     Parameters
@@ -188,7 +212,7 @@ def evaluate_retrieval(
     sampler : callable
         ``sampler(sets (T, K, shots, *input_shape), n) -> {name: (T * n, *shape)}``,
         row ``t * n + i`` being candidate ``i`` for dataset ``t`` (see
-        :data:`weightspace.evaluation.d2nwg_eval.Sampler`); it featurizes the raw sets.
+        :data:`weightspace.generators.d2nwg_stages.Sampler`); it featurizes the raw sets.
     datasets : sequence of SplitDataset
         The seen datasets, in the order of the zoo's task ids.
     zoo : mapping name -> Tensor (N, *shape)
@@ -204,7 +228,7 @@ def evaluate_retrieval(
 
     Returns
     -------
-    dict of Tensor
+    RetrievalScores
         Per dataset ``(T,)``: ``zoo_mean``, ``zoo_best`` (zoo member best on validation,
         its test accuracy), ``sampled_mean``, ``sampled_best`` (best-of-K on validation),
         ``retrieval`` (function space), ``retrieval_l2`` (weight space). Per sample
@@ -226,10 +250,10 @@ def evaluate_retrieval(
         )
     _, n_classes = check_shared_architecture(datasets)
     group = group_data(datasets, shots, seed)
-    res = evaluate_group(template, sampler, group, n_candidates, "val")
-    samples, sample_task = res["stacked"], res["task_index"]
-    zoo_test = accuracy_on(template, zoo, zoo_task, group.test)
-    zoo_val = accuracy_on(template, zoo, zoo_task, group.val)
+    res = score_group(template, sampler, group, n_candidates, "val")
+    samples, sample_task = res.stacked, res.task_index
+    zoo_test = stack_accuracy(template, zoo, zoo_task, group.test)
+    zoo_val = stack_accuracy(template, zoo, zoo_task, group.val)
     zoo_mean, zoo_best = torch.empty(t), torch.empty(t)
     for i in range(t):
         rows = (zoo_task == i).nonzero().flatten()
@@ -238,22 +262,23 @@ def evaluate_retrieval(
     nearest, agreement = nearest_by_agreement(
         template, samples, sample_task, zoo, group.test, n_classes
     )
-    nearest_l2, _ = nearest_by_l2(samples, zoo)
+    nearest_l2, _ = nearest_by_l2(template, samples, zoo)
     hit = (zoo_task[nearest] == sample_task).float().view(t, n_candidates)
     hit_l2 = (zoo_task[nearest_l2] == sample_task).float().view(t, n_candidates)
-    return {
-        "zoo_mean": zoo_mean,
-        "zoo_best": zoo_best,
-        "sampled_mean": res["test"].view(t, n_candidates).mean(1),
-        "sampled_best": res["best"],
-        "retrieval": hit.mean(1),
-        "retrieval_l2": hit_l2.mean(1),
-        "sampled_test": res["test"],
-        "sample_task": sample_task,
-        "nearest": nearest,
-        "agreement": agreement,
-        "confusion": retrieval_matrix(zoo_task[nearest], sample_task, t),
-        "confusion_l2": retrieval_matrix(zoo_task[nearest_l2], sample_task, t),
-        "stacked": samples,
-        "seconds_per_model": res["seconds_per_model"],
-    }
+    return RetrievalScores(
+        zoo_mean=zoo_mean,
+        zoo_best=zoo_best,
+        sampled_mean=res.test.view(t, n_candidates).mean(1),
+        sampled_best=res.best,
+        retrieval=hit.mean(1),
+        retrieval_l2=hit_l2.mean(1),
+        sampled_test=res.test,
+        sample_task=sample_task,
+        nearest=nearest,
+        agreement=agreement,
+        confusion=retrieval_matrix(zoo_task[nearest], sample_task, t),
+        confusion_l2=retrieval_matrix(zoo_task[nearest_l2], sample_task, t),
+        stacked=samples,
+        seconds_per_model=res.seconds_per_model,
+        n_candidates=n_candidates,
+    )

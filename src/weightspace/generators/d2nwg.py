@@ -23,13 +23,15 @@ the authors explain them in the discussion):
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from weightspace.config import from_mapping, to_mapping
 from weightspace.data.features import ClassFeatureBank
 from weightspace.errors import (
     CheckpointMismatchError,
@@ -43,59 +45,85 @@ from weightspace.generators.denoiser import ChunkDenoiser, ChunkDenoiserConfig
 from weightspace.generators.diffusion import GaussianDiffusion
 from weightspace.generators.ema import EMA
 from weightspace.generators.schedule import make_schedule
-from weightspace.generators.vae import ChunkVAE, train_vae
+from weightspace.generators.vae import ChunkVAE, ChunkVAEConfig, train_vae
 from weightspace.weights import ChunkLayout
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class D2NWGConfig:
-    """Hyper-parameters of every D2NWG stage."""
+class VAETraining:
+    """Stage 1: the chunk VAE's optimisation (AdamW)."""
 
-    latent_dim: int = 8
-    vae_hidden: int = 128
-    vae_depth: int = 2
-    beta: float = 1e-4
-    vae_epochs: int = 300
-    vae_batch_size: int = 128
-    vae_lr: float = 1e-3
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
     noise_augment: float = 1e-3
-    shots: int = 5
-    sets_per_task: int = 32
-    enc_dim: int = 64
-    enc_depth: int = 2
-    enc_inducing: int = 8
-    enc_out: int = 64
-    align_epochs: int = 40
-    align_batch_size: int = 64
-    align_lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class AlignTraining:
+    """Stage 2: contrastive alignment of the dataset encoder to the frozen latents."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
     temperature: float = 0.1
-    cond_dim: int = 64
+
+
+@dataclass(frozen=True)
+class DiffusionTraining:
+    """Stage 3: the latent diffusion process and its optimisation (AdamW + EMA)."""
+
     timesteps: int = 1000
     schedule: str = "linear"
-    den_width: int = 128
-    den_depth: int = 4
-    den_heads: int = 4
-    diff_steps: int = 3000
-    diff_batch_size: int = 128
-    diff_lr: float = 3e-4
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 3e-4
     p_uncond: float = 0.1
     ema_decay: float = 0.999
-    sample_steps: int = 50
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Generation: DDIM steps and classifier-free guidance scale."""
+
+    steps: int = 50
     guidance: float = 1.0
 
+
+@dataclass(frozen=True)
+class D2NWGConfig:
+    """Every D2NWG hyper-parameter: the three networks' configs and the stage settings.
+
+    The network configs are the modules' own (:class:`ChunkVAEConfig`,
+    :class:`DatasetEncoderConfig`, :class:`ChunkDenoiserConfig`); their sizes that depend
+    on the data (chunk layout, feature width, class count, latent size, layer ids) are
+    left at 0 here and filled by :class:`D2NWG` from its inputs. ``shots`` samples per
+    class make one conditioning set; ``sets_per_task`` fresh sets per task are embedded
+    for diffusion training.
+    """
+
+    vae: ChunkVAEConfig = field(default_factory=lambda: ChunkVAEConfig(beta=1e-4))
+    encoder: DatasetEncoderConfig = field(
+        default_factory=lambda: DatasetEncoderConfig(n_inducing=8)
+    )
+    denoiser: ChunkDenoiserConfig = field(default_factory=ChunkDenoiserConfig)
+    vae_training: VAETraining = field(default_factory=VAETraining)
+    align: AlignTraining = field(default_factory=AlignTraining)
+    diffusion: DiffusionTraining = field(default_factory=DiffusionTraining)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    shots: int = 5
+    sets_per_task: int = 32
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict."""
-        return asdict(self)
+        """Plain nested dict."""
+        return to_mapping(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> D2NWGConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidParameterError(f"unknown D2NWG parameters {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], path: str = "d2nwg") -> D2NWGConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming their path."""
+        return from_mapping(cls, d, path)
 
 
 class D2NWG(nn.Module):
@@ -133,30 +161,22 @@ class D2NWG(nn.Module):
     def _build(
         self, config: D2NWGConfig, layout: ChunkLayout, feature_dim: int, n_classes: int
     ) -> None:
-        self.config, self.layout = config, layout
+        self.layout = layout
         self.feature_dim, self.n_classes = int(feature_dim), int(n_classes)
-        self.vae = ChunkVAE.from_layout(
-            layout, latent_dim=config.latent_dim, hidden=config.vae_hidden,
-            depth=config.vae_depth, beta=config.beta,
+        vae_cfg = config.vae.for_layout(layout)
+        enc_cfg = replace(config.encoder, feature_dim=self.feature_dim, max_classes=self.n_classes)
+        den_cfg = replace(
+            config.denoiser, n_chunks=layout.num_chunks, latent_dim=vae_cfg.latent_dim,
+            n_layer_ids=layout.num_layers,
         )  # fmt: skip
-        self.encoder = SetDatasetEncoder(
-            DatasetEncoderConfig(
-                feature_dim=self.feature_dim, dim=config.enc_dim, depth=config.enc_depth,
-                n_inducing=config.enc_inducing, out_dim=config.enc_out,
-                class_pooling="ordered", max_classes=self.n_classes,
-            )
-        )  # fmt: skip
-        self.latent_proj = AlignmentHead(layout.num_chunks * config.latent_dim, config.enc_out)
-        self.cond_adapter = nn.Linear(config.enc_out, config.cond_dim)
-        self.denoiser = ChunkDenoiser(
-            ChunkDenoiserConfig(
-                n_chunks=layout.num_chunks, latent_dim=config.latent_dim,
-                n_layer_ids=layout.num_layers, cond_dim=config.cond_dim,
-                width=config.den_width, depth=config.den_depth, heads=config.den_heads,
-            ),
-            layout.layer_id,
-        )  # fmt: skip
-        self.diffusion = GaussianDiffusion(make_schedule(config.schedule, config.timesteps))
+        self.config = replace(config, vae=vae_cfg, encoder=enc_cfg, denoiser=den_cfg)
+        self.vae = ChunkVAE(vae_cfg, layout.layer_id)
+        self.encoder = SetDatasetEncoder(enc_cfg)
+        self.latent_proj = AlignmentHead(layout.num_chunks * vae_cfg.latent_dim, enc_cfg.out_dim)
+        self.cond_adapter = nn.Linear(enc_cfg.out_dim, den_cfg.cond_dim)
+        self.denoiser = ChunkDenoiser(den_cfg, layout.layer_id)
+        d = config.diffusion
+        self.diffusion = GaussianDiffusion(make_schedule(d.schedule, d.timesteps))
 
     # ------------------------------------------------------------------ conditioning
     def check_sets(self, sets: torch.Tensor) -> None:
@@ -195,10 +215,11 @@ class D2NWG(nn.Module):
         """
         self.eval()
         cond = self.condition(sets).repeat_interleave(n, dim=0)
-        shape = (cond.shape[0], self.layout.num_chunks, self.config.latent_dim)
+        shape = (cond.shape[0], self.layout.num_chunks, self.config.vae.latent_dim)
+        sampling = self.config.sampling
         z = self.diffusion.ddim_sample(
-            self.denoiser, shape, cond=cond, steps=steps or self.config.sample_steps,
-            guidance_scale=self.config.guidance if guidance is None else guidance,
+            self.denoiser, shape, cond=cond, steps=steps or sampling.steps,
+            guidance_scale=sampling.guidance if guidance is None else guidance,
             generator=generator, device=cond.device,
         )  # fmt: skip
         return self.vae.from_latent(z)
@@ -241,11 +262,10 @@ class D2NWG(nn.Module):
 # ---------------------------------------------------------------------- training stages
 def fit_vae(model: D2NWG, chunks: torch.Tensor, seed: int, progress: bool = False) -> list[float]:
     """Stage 1: train the VAE on normalized chunks ``(N, M, c)``, then fit its latent scale."""
-    cfg = model.config
+    cfg = model.config.vae_training
     losses = train_vae(
-        model.vae, chunks, model.layout.mask.to(chunks.device), cfg.vae_epochs,
-        cfg.vae_batch_size, cfg.vae_lr, seed, noise_augment=cfg.noise_augment,
-        progress=progress,
+        model.vae, chunks, model.layout.mask.to(chunks.device), cfg.epochs,
+        cfg.batch_size, cfg.lr, seed, noise_augment=cfg.noise_augment, progress=progress,
     )  # fmt: skip
     model.vae.fit_latent_scale(chunks)
     model.vae.requires_grad_(False)
@@ -296,10 +316,10 @@ def fit_alignment(
     def sampler(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return bank.sample(task_of_row[rows.cpu()].cpu(), cfg.shots, generator).to(device)
 
+    a = cfg.align
     return align_encoder(
         model.encoder, model.latent_proj, sampler, latents, task_of_row.to(device),
-        cfg.align_epochs, cfg.align_batch_size, cfg.align_lr, temperature=cfg.temperature,
-        seed=seed, progress=progress,
+        a.epochs, a.batch_size, a.lr, temperature=a.temperature, seed=seed, progress=progress,
     )  # fmt: skip
 
 
@@ -313,7 +333,7 @@ def fit_diffusion(
 ) -> list[float]:
     """Stage 3: latent diffusion with the frozen encoder + a trained linear adapter.
 
-    Returns the loss of every ``diff_steps // 100``-th step. The EMA weights are copied
+    Returns the loss of every ``diffusion.steps // 100``-th step. The EMA weights are copied
     into the denoiser and adapter at the end.
     """
     cfg, device = model.config, chunks.device
@@ -321,8 +341,9 @@ def fit_diffusion(
     model.vae.eval()
     trainable = nn.ModuleDict({"denoiser": model.denoiser, "adapter": model.cond_adapter})
     trainable.train()
-    opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.diff_lr, weight_decay=0.0)
-    ema = EMA(trainable, decay=cfg.ema_decay)
+    dcfg = cfg.diffusion
+    opt = torch.optim.AdamW(trainable.parameters(), lr=dcfg.lr, weight_decay=0.0)
+    ema = EMA(trainable, decay=dcfg.ema_decay)
     gen_cpu = torch.Generator().manual_seed(seed)
     gen_dev = torch.Generator(device=device).manual_seed(seed)
     # The encoder is frozen: embed a pool of fresh support sets per task once, and draw a
@@ -336,22 +357,22 @@ def fit_diffusion(
         ]).view(n_tasks, cfg.sets_per_task, -1)  # fmt: skip
     n = chunks.shape[0]
     losses: list[float] = []
-    bar = tqdm(range(cfg.diff_steps), desc="d2nwg diffusion", disable=not progress, mininterval=2)
+    bar = tqdm(range(dcfg.steps), desc="d2nwg diffusion", disable=not progress, mininterval=2)
     for step in bar:
-        rows = torch.randint(0, n, (min(cfg.diff_batch_size, n),), generator=gen_cpu)
+        rows = torch.randint(0, n, (min(dcfg.batch_size, n),), generator=gen_cpu)
         pick = torch.randint(0, cfg.sets_per_task, rows.shape, generator=gen_cpu)
         with torch.no_grad():
             x0 = model.vae.to_latent(chunks[rows.to(device)], sample=True, generator=gen_dev)
         emb = emb_pool[task_of_row[rows].to(device), pick.to(device)]
         cond = model.cond_adapter(emb)
         loss = model.diffusion.training_loss(
-            model.denoiser, x0, cond=cond, p_uncond=cfg.p_uncond, generator=gen_dev
+            model.denoiser, x0, cond=cond, p_uncond=dcfg.p_uncond, generator=gen_dev
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema.update(trainable)
-        if step % max(cfg.diff_steps // 100, 1) == 0:
+        if step % max(dcfg.steps // 100, 1) == 0:
             losses.append(float(loss.detach()))
     ema.copy_to(trainable)
     model.eval()

@@ -63,7 +63,9 @@ class DatasetEncoderConfig:
     Attributes
     ----------
     feature_dim : int
-        ``d``, width of the per-sample features (512 for CLIP ViT-B/32 in D2NWG).
+        ``d``, width of the per-sample features (512 for CLIP ViT-B/32 in D2NWG); 0 = "set
+        from the data by the owner" (:class:`~weightspace.generators.d2nwg.D2NWG`), and no
+        encoder can be built until it is set.
     dim : int
         Hidden width of the Set Transformer blocks; a multiple of ``heads``.
     heads : int
@@ -80,7 +82,7 @@ class DatasetEncoderConfig:
         Largest number of classes ``K`` a dataset may have.
     """
 
-    feature_dim: int
+    feature_dim: int = 0
     dim: int = 64
     heads: int = 4
     n_inducing: int = 16
@@ -90,8 +92,11 @@ class DatasetEncoderConfig:
     max_classes: int = 10
 
     def __post_init__(self) -> None:
+        if isinstance(self.feature_dim, bool) or not isinstance(self.feature_dim, int):
+            raise InvalidParameterError(f"feature_dim must be an int, got {self.feature_dim!r}")
+        if self.feature_dim < 0:
+            raise InvalidParameterError(f"feature_dim must be >= 0, got {self.feature_dim}")
         for name in (
-            "feature_dim",
             "dim",
             "heads",
             "n_inducing",
@@ -143,6 +148,11 @@ class SetDatasetEncoder(nn.Module):
 
     def __init__(self, config: DatasetEncoderConfig) -> None:
         super().__init__()
+        if config.feature_dim < 1:
+            raise InvalidParameterError(
+                "DatasetEncoderConfig.feature_dim is not set (0): give the width of the "
+                "per-sample features"
+            )
         self.config = config
         c = config
         self.intra = nn.ModuleList(

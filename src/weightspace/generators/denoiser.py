@@ -109,7 +109,9 @@ class ChunkDenoiserConfig:
     Attributes
     ----------
     n_chunks : int
-        ``M``, chunk tokens per sample.
+        ``M``, chunk tokens per sample. ``n_chunks``, ``latent_dim`` and ``n_layer_ids``
+        default to 0, "set from the chunk layout and the VAE by the owner"
+        (:class:`~weightspace.generators.d2nwg.D2NWG`); no denoiser is built until they are.
     latent_dim : int
         ``z``, latent size of one chunk (the VAE's ``latent_dim``).
     n_layer_ids : int
@@ -121,21 +123,22 @@ class ChunkDenoiserConfig:
     dropout : float
     """
 
-    n_chunks: int
-    latent_dim: int
-    n_layer_ids: int
-    cond_dim: int
+    n_chunks: int = 0
+    latent_dim: int = 0
+    n_layer_ids: int = 0
+    cond_dim: int = 64
     width: int = 128
     depth: int = 4
     heads: int = 4
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("n_chunks", "latent_dim", "n_layer_ids"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise InvalidParameterError(f"ChunkDenoiserConfig.{name} must be an int >= 0")
         _check_positive(
             "ChunkDenoiserConfig",
-            n_chunks=self.n_chunks,
-            latent_dim=self.latent_dim,
-            n_layer_ids=self.n_layer_ids,
             width=self.width,
             depth=self.depth,
             heads=self.heads,
@@ -178,6 +181,12 @@ class ChunkDenoiser(nn.Module):
 
     def __init__(self, config: ChunkDenoiserConfig, layer_id: torch.Tensor) -> None:
         super().__init__()
+        _check_positive(
+            "ChunkDenoiserConfig (set the sizes from the chunk layout)",
+            n_chunks=config.n_chunks,
+            latent_dim=config.latent_dim,
+            n_layer_ids=config.n_layer_ids,
+        )
         layer_id = torch.as_tensor(layer_id, dtype=torch.long).flatten()
         if layer_id.shape != (config.n_chunks,):
             raise ShapeError(f"layer_id must have shape ({config.n_chunks},), got {layer_id.shape}")

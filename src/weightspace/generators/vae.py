@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -42,6 +42,10 @@ from weightspace.errors import (
 logger = logging.getLogger(__name__)
 
 
+_SIZES = ("chunk_size", "n_chunks", "n_layer_ids")
+"""Fields of :class:`ChunkVAEConfig` that come from the chunk layout (0 = not set yet)."""
+
+
 @dataclass(frozen=True)
 class ChunkVAEConfig:
     """Sizes and loss weight of a :class:`ChunkVAE`.
@@ -49,7 +53,9 @@ class ChunkVAEConfig:
     Attributes
     ----------
     chunk_size : int
-        ``c``, values per chunk (``ChunkLayout.chunk_size``).
+        ``c``, values per chunk (``ChunkLayout.chunk_size``). The three sizes default to 0,
+        "taken from the chunk layout" (:meth:`ChunkVAE.from_layout`, :class:`D2NWG`);
+        a module cannot be built while any of them is 0.
     n_chunks : int
         ``M``, chunks per model (``ChunkLayout.num_chunks``).
     n_layer_ids : int
@@ -65,9 +71,9 @@ class ChunkVAEConfig:
     dropout : float
     """
 
-    chunk_size: int
-    n_chunks: int
-    n_layer_ids: int
+    chunk_size: int = 0
+    n_chunks: int = 0
+    n_layer_ids: int = 0
     latent_dim: int = 8
     hidden: int = 128
     depth: int = 2
@@ -77,13 +83,25 @@ class ChunkVAEConfig:
     def __post_init__(self) -> None:
         for name in ("chunk_size", "n_chunks", "n_layer_ids", "latent_dim", "hidden"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InvalidParameterError(f"ChunkVAEConfig.{name} must be an int >= 1, got {v!r}")
+            low = 0 if name in _SIZES else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise InvalidParameterError(
+                    f"ChunkVAEConfig.{name} must be an int >= {low}, got {v!r}"
+                )
         if self.depth < 0 or self.beta < 0 or not 0 <= self.dropout < 1:
             raise InvalidParameterError(
                 f"invalid ChunkVAEConfig: depth {self.depth} (>= 0), beta {self.beta} (>= 0), "
                 f"dropout {self.dropout} (in [0, 1))"
             )
+
+    def for_layout(self, layout: Any) -> ChunkVAEConfig:
+        """This config with the sizes of a :class:`~weightspace.weights.ChunkLayout`."""
+        return replace(
+            self,
+            chunk_size=layout.chunk_size,
+            n_chunks=layout.num_chunks,
+            n_layer_ids=layout.num_layers,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -160,6 +178,12 @@ class ChunkVAE(nn.Module):
 
     def __init__(self, config: ChunkVAEConfig, layer_id: torch.Tensor) -> None:
         super().__init__()
+        unset = [n for n in _SIZES if getattr(config, n) < 1]
+        if unset:
+            raise InvalidParameterError(
+                f"ChunkVAEConfig sizes {unset} are not set: build the VAE with "
+                "ChunkVAE.from_layout(layout, ...) or config.for_layout(layout)"
+            )
         layer_id = torch.as_tensor(layer_id, dtype=torch.long).flatten()
         if layer_id.shape != (config.n_chunks,):
             raise ShapeError(f"layer_id must have shape ({config.n_chunks},), got {layer_id.shape}")
@@ -176,13 +200,7 @@ class ChunkVAE(nn.Module):
     @classmethod
     def from_layout(cls, layout: Any, **config: Any) -> ChunkVAE:
         """Build for a :class:`~weightspace.weights.ChunkLayout`; ``config`` sets the rest."""
-        cfg = ChunkVAEConfig(
-            chunk_size=layout.chunk_size,
-            n_chunks=layout.num_chunks,
-            n_layer_ids=layout.num_layers,
-            **config,
-        )
-        return cls(cfg, layout.layer_id)
+        return cls(ChunkVAEConfig(**config).for_layout(layout), layout.layer_id)
 
     @classmethod
     def from_checkpoint(

@@ -68,26 +68,26 @@ def test_samples_copying_dataset_a_are_retrieved_as_a(setting):
     # A generator that ignores its condition and always returns dataset A's networks.
     sampler = _copies(zoo, [a_rows, a_rows])
     res = evaluate_retrieval(template, sampler, datasets, zoo, zoo_task, 4, shots=3, seed=0)
-    assert res["retrieval"].tolist() == [1.0, 0.0]
-    assert res["retrieval_l2"].tolist() == [1.0, 0.0]
-    assert torch.equal(res["confusion"], torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
-    assert res["zoo_mean"].tolist() == [1.0, 1.0]  # each zoo member solves its dataset
-    assert res["sampled_mean"][0] == 1.0 and res["sampled_best"][0] == 1.0
-    assert res["sampled_mean"][1] < 0.8  # A's networks on B: near chance
-    assert (res["agreement"][:4] == 1.0).all()
+    assert res.retrieval.tolist() == [1.0, 0.0]
+    assert res.retrieval_l2.tolist() == [1.0, 0.0]
+    assert torch.equal(res.confusion, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert res.zoo_mean.tolist() == [1.0, 1.0]  # each zoo member solves its dataset
+    assert res.sampled_mean[0] == 1.0 and res.sampled_best[0] == 1.0
+    assert res.sampled_mean[1] < 0.8  # A's networks on B: near chance
+    assert (res.agreement[:4] == 1.0).all()
 
 
 def test_condition_following_sampler_has_full_retrieval(setting):
     template, datasets, zoo, zoo_task = setting
     sampler = _copies(zoo, [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])])
     res = evaluate_retrieval(template, sampler, datasets, zoo, zoo_task, 3, shots=3, seed=0)
-    assert res["retrieval"].tolist() == [1.0, 1.0]
-    assert res["retrieval_l2"].tolist() == [1.0, 1.0]
-    assert res["sampled_mean"].tolist() == [1.0, 1.0]
+    assert res.retrieval.tolist() == [1.0, 1.0]
+    assert res.retrieval_l2.tolist() == [1.0, 1.0]
+    assert res.sampled_mean.tolist() == [1.0, 1.0]
     # The exact copies are their own nearest members in weight space.
-    near, dist = nearest_by_l2(res["stacked"], zoo)
+    near, dist = nearest_by_l2(template, res.stacked, zoo)
     assert near.tolist() == [0, 1, 2, 3, 4, 5] and float(dist.max()) == 0.0
-    assert res["sample_task"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert res.sample_task.tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_best_of_k_is_selected_on_validation(setting):
@@ -95,9 +95,9 @@ def test_best_of_k_is_selected_on_validation(setting):
     # Condition A gets one useless network (B's) and one good one (A's).
     sampler = _copies(zoo, [torch.tensor([3, 0]), torch.tensor([3, 4])])
     res = evaluate_retrieval(template, sampler, datasets, zoo, zoo_task, 2, shots=3, seed=0)
-    assert res["sampled_best"][0] == 1.0  # the A network wins on validation
-    assert res["sampled_mean"][0] < 1.0
-    assert res["retrieval"].tolist() == [0.5, 1.0]
+    assert res.sampled_best[0] == 1.0  # the A network wins on validation
+    assert res.sampled_mean[0] < 1.0
+    assert res.retrieval.tolist() == [0.5, 1.0]
 
 
 def test_nearest_by_agreement_compares_on_the_samples_task(setting):
@@ -134,7 +134,7 @@ def test_weight_space_comparisons_ignore_dict_order(setting):
     order: distances and the memorization audit must not depend on that order."""
     template, datasets, zoo, zoo_task = setting
     reordered = {k: zoo[k] for k in reversed(list(zoo))}
-    near, dist = nearest_by_l2(zoo, reordered)
+    near, dist = nearest_by_l2(template, zoo, reordered)
     assert near.tolist() == list(range(6)) and float(dist.max()) == 0.0
     test = TaskStack.from_splits([d.test for d in datasets])
     samples = {k: v[[0, 4]] + 0.01 for k, v in zoo.items()}

@@ -1,141 +1,133 @@
-"""D2NWG, two scenarios sharing one report.
+"""D2NWG: one pipeline template, instantiated per scenario, and one report.
 
-(a) zoo of heads -> vectorize/chunk -> VAE (+gate) -> align encoder -> diffusion -> evaluate;
-(b) ``networks_*``: zoo of whole networks over related datasets -> the same stages ->
-    per-dataset sampling and model retrieval.
+``d2nwg_pipeline(namespace, zoo, prepare, evaluate)`` is the method's shape: the
+scenario's own nodes (``prepare``) deliver its zoo (through the zoo template, namespace
+``zoo``) and a ``zoo_tasks`` object; the shared stages follow (vectorize -> VAE + gate ->
+align -> diffusion); then the scenario's protocol and report (``evaluate``). Two
+instances, which show in kedro-viz as the same shape with different inputs:
+
+(a) ``d2nwg_heads``: few-shot heads over a class pool (zoos ``zoo_d2nwg_backbones`` and
+    ``zoo_d2nwg_heads``, planned by the scenario);
+(b) ``d2nwg_networks``: whole networks over related datasets (zoo ``zoo_d2nwg_networks``,
+    the zoo template's own grid).
+
+The ``d2nwg`` namespace merges both reports into ``data/08_reporting/d2nwg/metrics.json``.
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
-from weightspace_kedro.pipelines.d2nwg import networks, nodes
+from weightspace_kedro.pipelines.d2nwg import heads, networks, stages
+from weightspace_kedro.pipelines.zoo.pipeline import zoo_pipeline
+
+S = "settings"
 
 
-def _networks_nodes(p: str) -> list[Node]:
-    """Scenario (b): whole networks over related datasets, the model-retrieval setting."""
+def _stage_nodes(zoo: str) -> list[Node]:
+    """The stages every scenario shares, on ``<zoo>.zoo_models`` and ``zoo_tasks``."""
     return [
-        Node(networks.build_tasks, p, "networks_tasks", name="networks_build_tasks"),
-        Node(
-            networks.train_networks,
-            ["networks_tasks", "networks_previous", p],
-            "networks_zoo",
-            name="networks_train_zoo",
-        ),
-        Node(
-            networks.vectorize_networks,
-            ["networks_zoo", "networks_tasks", p],
-            "networks",
-            name="networks_vectorize_chunk",
-        ),
-        Node(
-            networks.train_networks_vae,
-            ["networks", "networks_tasks", "networks_zoo", p],
-            ["networks_vae_stage", "networks_vae_report"],
-            name="networks_train_weight_vae",
-        ),
-        Node(
-            networks.align_networks_encoder,
-            ["networks_vae_stage", "networks", "networks_tasks", p],
-            ["networks_aligned", "networks_align_report", "networks_feature_bank"],
-            name="networks_align_dataset_encoder",
-        ),
-        Node(
-            networks.train_networks_diffusion,
-            ["networks_aligned", "networks", "networks_feature_bank", p],
-            [
-                "networks_generator",
-                "networks_diffusion_report",
-                "networks_generator_checkpoint",
-            ],
-            name="networks_train_latent_diffusion",
-        ),
-        Node(
-            networks.evaluate_networks,
-            [
-                "networks_generator",
-                "networks",
-                "networks_zoo",
-                "networks_tasks",
-                "networks_vae_report",
-                "networks_align_report",
-                "networks_diffusion_report",
-                p,
-            ],
-            ["networks_metrics", "plot_networks_accuracy"],
-            name="networks_sample_and_retrieve",
-        ),
-    ]
+        Node(stages.vectorize, [f"{zoo}.zoo_models", "zoo_tasks", S], "weights",
+             name="vectorize_chunk"),
+        Node(stages.fit_weight_vae, ["weights", "zoo_tasks", S], ["vae_stage", "vae_gate"],
+             name="fit_weight_vae"),
+        Node(stages.align_dataset_encoder, ["vae_stage", "weights", "zoo_tasks", S],
+             ["aligned", "align_losses"], name="align_dataset_encoder"),
+        Node(stages.train_latent_diffusion, ["aligned", "weights", "zoo_tasks", S],
+             ["generator", "diffusion_losses", "generator_checkpoint"],
+             name="train_latent_diffusion"),
+    ]  # fmt: skip
+
+
+def d2nwg_pipeline(
+    namespace: str, zoo: str, prepare: list[Node], evaluate: list[Node], outputs: set[str]
+) -> Pipeline:
+    """One D2NWG scenario: ``prepare`` -> zoo -> shared stages -> ``evaluate``.
+
+    Datasets of the zoo namespaces (``zoo_*``) and ``outputs`` (report parts, figures)
+    keep their names outside the namespace.
+    """
+    body = Pipeline([*prepare, *_stage_nodes(zoo), *evaluate], tags=["d2nwg", namespace])
+    zoo_io = {d for d in body.datasets() if d.startswith("zoo_") and "." in d}
+    return Pipeline(
+        body,
+        namespace=namespace,
+        inputs=zoo_io & body.inputs(),
+        outputs=(zoo_io - body.inputs()) | outputs,
+        prefix_datasets_with_namespace=True,
+    )
+
+
+def heads_pipeline() -> Pipeline:
+    """Scenario (a): few-shot heads; its zoos are planned by the scenario."""
+    bb, hz = "zoo_d2nwg_backbones", "zoo_d2nwg_heads"
+    prepare = [
+        Node(heads.build_settings, "params:settings", S, name="build_settings"),
+        Node(heads.plan_backbones, S, [f"{bb}.zoo_members", f"{bb}.zoo_datasets"],
+             name="plan_backbones"),
+        Node(heads.build_pool, [f"{bb}.zoo_models", f"{bb}.zoo_members", f"{bb}.zoo_datasets", S],
+             ["pool", "tasks", "backbone_report"], name="encode_class_pool"),
+        Node(heads.plan_heads, ["pool", "tasks", S], [f"{hz}.zoo_members", f"{hz}.zoo_datasets"],
+             name="plan_heads"),
+        Node(heads.zoo_tasks, ["pool", "tasks", S], "zoo_tasks", name="zoo_tasks"),
+        Node(heads.oracle, ["pool", "tasks", S], "oracle", name="train_oracle_heads"),
+    ]  # fmt: skip
+    evaluate = [
+        Node(heads.evaluate,
+             ["generator", "weights", f"{hz}.zoo_models", "pool", "tasks", "oracle", S],
+             "scores", name="sample_and_evaluate"),
+        Node(heads.report,
+             ["scores", "generator", "weights", "pool", "tasks", "vae_gate", "align_losses",
+              "diffusion_losses", "backbone_report", "node_seconds", S],
+             ["d2nwg.heads_metrics", "d2nwg.plot_accuracy_hist", "d2nwg.plot_finetune_curves",
+              "d2nwg.plot_latents"], name="report_heads"),
+    ]  # fmt: skip
+    outputs = {
+        "d2nwg.heads_metrics",
+        "d2nwg.plot_accuracy_hist",
+        "d2nwg.plot_finetune_curves",
+        "d2nwg.plot_latents",
+    }
+    scenario = d2nwg_pipeline("d2nwg_heads", hz, prepare, evaluate, outputs)
+    return zoo_pipeline(bb, planned=True) + zoo_pipeline(hz, planned=True) + scenario
+
+
+def networks_pipeline() -> Pipeline:
+    """Scenario (b): whole networks; its zoo is the zoo template's grid."""
+    nz = "zoo_d2nwg_networks"
+    prepare = [
+        Node(networks.build_settings, "params:settings", S, name="build_settings"),
+        Node(networks.zoo_tasks, [f"{nz}.zoo_members", f"{nz}.zoo_datasets", S], "zoo_tasks",
+             name="zoo_tasks"),
+    ]  # fmt: skip
+    evaluate = [
+        Node(networks.evaluate, ["generator", "weights", "zoo_tasks", S], "scores",
+             name="sample_and_retrieve"),
+        Node(networks.report,
+             ["scores", f"{nz}.zoo_members", f"{nz}.zoo_models", "weights", "vae_gate",
+              "align_losses", "diffusion_losses", "node_seconds"],
+             ["d2nwg.networks_metrics", "d2nwg.plot_networks_accuracy"], name="report_networks"),
+    ]  # fmt: skip
+    outputs = {"d2nwg.networks_metrics", "d2nwg.plot_networks_accuracy"}
+    return zoo_pipeline(nz) + d2nwg_pipeline("d2nwg_networks", nz, prepare, evaluate, outputs)
+
+
+def merge_reports(heads_metrics: dict, networks_metrics: dict) -> dict[str, float]:
+    """One flat ``metrics.json``: scenario (a) unprefixed, scenario (b) ``networks_*``."""
+    return {**heads_metrics, **networks_metrics}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """D2NWG on few-shot heads (a) and whole networks (b), namespace d2nwg."""
-    p = "params:settings"
-    template = Pipeline(
+    """``kedro run --pipeline=d2nwg``: both scenarios and the merged report."""
+    report = Pipeline(
         [
             Node(
-                nodes.train_backbones,
-                p,
-                ["extractors", "domains", "backbone_report"],
-                name="train_feature_extractors",
-            ),
-            Node(
-                nodes.build_pool,
-                ["domains", "extractors", p],
-                ["pool", "tasks"],
-                name="encode_class_pool",
-            ),
-            Node(
-                nodes.train_heads,
-                ["pool", "tasks", "heads_previous", p],
-                "heads_zoo",
-                name="train_heads_zoo",
-            ),
-            Node(
-                nodes.vectorize_heads,
-                ["heads_zoo", "pool", "tasks", p],
-                "heads",
-                name="vectorize_chunk_heads",
-            ),
-            Node(
-                nodes.train_weight_vae,
-                ["heads", "pool", "tasks", "heads_zoo", p],
-                ["vae_stage", "vae_report"],
-                name="train_weight_vae",
-            ),
-            Node(
-                nodes.align_encoder,
-                ["vae_stage", "heads", "pool", "tasks", p],
-                ["aligned", "align_report", "feature_bank"],
-                name="align_dataset_encoder",
-            ),
-            Node(
-                nodes.train_diffusion,
-                ["aligned", "heads", "feature_bank", p],
-                ["generator", "diffusion_report", "generator_checkpoint"],
-                name="train_latent_diffusion",
-            ),
-            Node(
-                nodes.evaluate,
-                ["generator", "heads", "heads_zoo", "pool", "tasks", p],
-                "evaluation",
-                name="sample_and_evaluate",
-            ),
-            *_networks_nodes(p),
-            Node(
-                nodes.report,
-                [
-                    "evaluation",
-                    "backbone_report",
-                    "vae_report",
-                    "align_report",
-                    "diffusion_report",
-                    "networks_metrics",
-                ],
-                ["metrics", "plot_accuracy_hist", "plot_finetune_curves", "plot_latents"],
-                name="report_d2nwg",
-            ),
+                merge_reports,
+                ["d2nwg.heads_metrics", "d2nwg.networks_metrics"],
+                "d2nwg.metrics",
+                name="d2nwg.report_d2nwg",
+            )
         ],
         tags=["d2nwg"],
     )
-    return Pipeline(template, namespace="d2nwg", prefix_datasets_with_namespace=True)
+    return heads_pipeline() + networks_pipeline() + report

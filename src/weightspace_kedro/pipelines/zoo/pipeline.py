@@ -12,17 +12,27 @@ from kedro.pipeline import Node, Pipeline
 from weightspace_kedro.pipelines.zoo import nodes
 
 
-def zoo_pipeline(namespace: str = "zoo") -> Pipeline:
-    """The zoo template under ``namespace`` (parameters ``params:<namespace>.*``)."""
+def zoo_pipeline(namespace: str = "zoo", planned: bool = False) -> Pipeline:
+    """The zoo template under ``namespace`` (parameters ``params:<namespace>.*``).
+
+    By default the zoo loads ``params:<namespace>.data`` and expands
+    ``params:<namespace>.grid`` into its members. With ``planned=True`` another pipeline
+    plans the members: ``<namespace>.zoo_members`` and ``<namespace>.zoo_datasets`` are
+    free inputs (e.g. D2NWG's heads over a feature pool), and only
+    ``params:<namespace>.run`` is read.
+    """
+    planning = [
+        Node(nodes.load_datasets, "params:data", "zoo_datasets", name="load_datasets"),
+        Node(
+            nodes.plan_members,
+            ["zoo_datasets", "params:grid", "params:data"],
+            "zoo_members",
+            name="plan_members",
+        ),
+    ]
     template = Pipeline(
         [
-            Node(nodes.load_datasets, "params:data", "zoo_datasets", name="load_datasets"),
-            Node(
-                nodes.plan_members,
-                ["zoo_datasets", "params:grid", "params:data"],
-                "zoo_members",
-                name="plan_members",
-            ),
+            *([] if planned else planning),
             Node(
                 nodes.describe_data,
                 ["zoo_datasets", "zoo_members"],

@@ -1,0 +1,162 @@
+"""Nodes of D2NWG scenario (a), few-shot classifier heads over a class pool.
+
+Classes of digits and MNIST-1D share one feature space through frozen per-domain
+feature extractors (their zoo is ``zoo_d2nwg_backbones``); 5-way heads over pool classes
+form the zoo the generator learns (``zoo_d2nwg_heads``); seen / unseen / novel tasks are
+scored by :mod:`weightspace.evaluation.d2nwg_protocol`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from weightspace.data import SplitDataset, TaskSpec, load_dataset
+from weightspace.data.class_pool import (
+    HEAD,
+    ClassPool,
+    build_class_pool,
+    few_shot_task_sets,
+    pool_dataset,
+)
+from weightspace.data.features import FrozenFeatureExtractor
+from weightspace.device import resolve_device
+from weightspace.evaluation import d2nwg_protocol as proto
+from weightspace.evaluation.fewshot import task_datasets
+from weightspace.generators.d2nwg import D2NWG
+from weightspace.generators.d2nwg_stages import (
+    VAEGateReport,
+    ZooTasks,
+    ZooWeights,
+    feature_bank,
+    set_embedder,
+    weight_sampler,
+)
+from weightspace.reporting import d2nwg_report as rep
+from weightspace.zoo import MemberSpec, Zoo
+from weightspace_kedro.pipelines.d2nwg.settings import HeadsSettings
+from weightspace_kedro.typed import typed_settings
+
+
+def build_settings(params: dict[str, Any]) -> HeadsSettings:
+    """Validate ``d2nwg_heads.settings`` once, before any work."""
+    return typed_settings(HeadsSettings, params, "d2nwg_heads.settings", "d2nwg")
+
+
+def plan_backbones(s: HeadsSettings) -> tuple[list[MemberSpec], dict[str, SplitDataset]]:
+    """One feature extractor per domain, trained on its seen classes only."""
+    datasets = {d.name: load_dataset(d.name, seed=s.seed) for d in s.pool.domains}
+    members = [
+        MemberSpec(
+            s.backbone.name,
+            TaskSpec(d.name, classes=tuple(c for c in range(datasets[d.name].n_classes)
+                                           if c not in d.novel)),
+            s.seed, s.backbone.train, arch_config=dict(s.backbone.config),
+        )
+        for d in s.pool.domains
+    ]  # fmt: skip
+    return members, datasets
+
+
+def build_pool(
+    backbones: Zoo, members: list[MemberSpec], datasets: dict[str, SplitDataset], s: HeadsSettings
+) -> tuple[ClassPool, dict, dict[str, float]]:
+    """Features of every class in one pool; zoo / unseen / novel task sets; extractors'
+    seen-class test accuracy."""
+    extractors = {
+        m.task.dataset: FrozenFeatureExtractor(backbones.module(m.member_id)) for m in members
+    }
+    pool = build_class_pool(datasets, extractors, {d.name: d.novel for d in s.pool.domains})
+    p = s.pool
+    tasks = few_shot_task_sets(pool, p.way, p.n_zoo, p.n_unseen, p.n_novel, s.seed)
+    acc = backbones.index.set_index("model_id")["test_accuracy"]
+    report = {f"backbone_{m.task.dataset}_seen_test_acc": float(acc[m.member_id]) for m in members}
+    return pool, tasks, report
+
+
+def plan_heads(
+    pool: ClassPool, tasks: dict, s: HeadsSettings
+) -> tuple[list[MemberSpec], dict[str, SplitDataset]]:
+    """The zoo of heads: one per (zoo task, seed)."""
+    base = pool_dataset(pool.dataset)
+    members = [
+        MemberSpec(HEAD["name"], TaskSpec(base.name, classes=tuple(c)), seed, s.heads.train,
+                   arch_config=HEAD["config"])
+        for c in tasks["zoo"]
+        for seed in range(s.heads.seeds)
+    ]  # fmt: skip
+    return members, {base.name: base}
+
+
+def zoo_tasks(pool: ClassPool, tasks: dict, s: HeadsSettings) -> ZooTasks:
+    """The zoo tasks in order, conditioned on pool features (``way`` classes each)."""
+    base = pool_dataset(pool.dataset)
+    datasets = task_datasets(base, tasks["zoo"])
+    return ZooTasks(
+        names=tuple(TaskSpec(base.name, classes=tuple(c)).name for c in tasks["zoo"]),
+        datasets=tuple(datasets),
+        bank=feature_bank(datasets, s.pool.way, flatten=False),
+        feature_dim=int(base.input_shape[0]),
+        n_classes=s.pool.way,
+    )
+
+
+def oracle(pool: ClassPool, tasks: dict, s: HeadsSettings) -> dict[str, float]:
+    """Heads trained on each unseen / novel task's full training split (the upper bound)."""
+    return proto.oracle_scores(pool.dataset, tasks, s.heads.train, s.evaluation, s.device)
+
+
+def evaluate(
+    model: D2NWG,
+    weights: ZooWeights,
+    zoo: Zoo,
+    pool: ClassPool,
+    tasks: dict,
+    oracle_acc: dict[str, float],
+    s: HeadsSettings,
+) -> proto.FewShotScores:
+    """The few-shot protocol with the trained generator as sampler and embedder."""
+    groups = proto.fewshot_groups(pool.dataset, tasks, s.evaluation, s.seed)
+    heads = proto.HeadZoo(
+        weights.stacked, weights.task_of_row,
+        torch.tensor(zoo.index["test_accuracy"].to_numpy()), s.heads.train,
+    )  # fmt: skip
+    sampler = weight_sampler(model, weights.weight_set, s.seed)
+    return proto.evaluate_fewshot(
+        lambda: zoo.arch_spec(zoo.model_ids[0]).build(), sampler, set_embedder(model),
+        groups, oracle_acc, heads, s.evaluation, resolve_device(s.device),
+    )  # fmt: skip
+
+
+def report(
+    scores: proto.FewShotScores,
+    model: D2NWG,
+    weights: ZooWeights,
+    pool: ClassPool,
+    tasks: dict,
+    gate: VAEGateReport,
+    align_losses: list[float],
+    diffusion_losses: list[float],
+    backbone_report: dict[str, float],
+    node_seconds: dict[str, float],
+    s: HeadsSettings,
+) -> tuple[dict[str, float], Figure, Figure, Figure]:
+    """Scenario (a)'s metrics (unprefixed) and its three figures."""
+    with torch.no_grad():
+        chunks = weights.weight_set.chunks.to(model.vae.latent_scale.device)
+        latents = model.vae.to_latent(chunks).flatten(1).cpu()
+    names, way = pool.dataset.class_names, s.pool.way
+    mix = [
+        sum(names[c].startswith("digits") for c in tasks["zoo"][int(t)])
+        for t in weights.task_of_row
+    ]
+    labels = [f"{m} digits + {way - m} mnist1d classes" for m in mix]
+    figs = rep.fewshot_figures(scores, latents, labels, way)
+    metrics = {
+        **rep.fewshot_metrics(scores),
+        **backbone_report,
+        **rep.stage_metrics(gate, align_losses, diffusion_losses, node_seconds),
+    }
+    return metrics, figs["accuracy_hist"], figs["finetune_curves"], figs["latents"]
