@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -23,21 +21,22 @@ from tqdm.auto import tqdm
 
 import weightspace
 from weightspace.data.base import SplitDataset
-from weightspace.data.tasks import TaskSpec, make_task
+from weightspace.data.tasks import TaskSpec
 from weightspace.device import resolve_device
 from weightspace.errors import (
-    CorruptCheckpointError,
     EmptyZooError,
     InvalidParameterError,
     NonFiniteWeightsError,
-    UnknownDatasetError,
 )
 from weightspace.nets.registry import ArchSpec, build_model
 from weightspace.zoo.evaluate import SPLIT_NAMES, evaluate_stack
+from weightspace.zoo.plan import ZooPlan, check_members, materialize_tasks, model_ids_of, plan_zoo
 from weightspace.zoo.spec import MemberSpec, canonical_json
 from weightspace.zoo.tasks import TaskStack
-from weightspace.zoo.train import StackHParams, train_stack
+from weightspace.zoo.train import StackHParams, StackResult, train_stack
 from weightspace.zoo.zoo import INDEX_COLUMNS, Zoo, checkpoint_relpath
+
+__all__ = ["ZooRunOptions", "ZooRunReport", "materialize_tasks", "model_ids_of", "train_zoo"]
 
 log = logging.getLogger(__name__)
 
@@ -78,71 +77,6 @@ class ZooRunReport:
         return self.n_trained / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-def model_ids_of(member: MemberSpec, snapshot_every: int) -> list[tuple[str, int]]:
-    """(model_id, epoch) of every checkpoint a member produces, the final one last."""
-    mid, epochs = member.member_id, member.train.epochs
-    snaps = [e for e in range(snapshot_every, epochs, snapshot_every)] if snapshot_every else []
-    return [(f"{mid}-e{e:03d}", e) for e in snaps] + [(mid, epochs)]
-
-
-def materialize_tasks(
-    members: Sequence[MemberSpec], datasets: Mapping[str, SplitDataset]
-) -> dict[TaskSpec, SplitDataset]:
-    """The dataset of every distinct task of the members."""
-    out: dict[TaskSpec, SplitDataset] = {}
-    for m in members:
-        if m.task in out:
-            continue
-        if m.task.dataset not in datasets:
-            raise UnknownDatasetError(
-                f"member task {m.task.name!r} needs dataset {m.task.dataset!r}, which was not "
-                f"loaded (loaded: {sorted(datasets)}); add it to the zoo's data section"
-            )
-        out[m.task] = make_task(datasets[m.task.dataset], m.task)
-    return out
-
-
-def _reusable(
-    previous: Zoo | None, members: Sequence[MemberSpec], options: ZooRunOptions
-) -> tuple[set[str], pd.DataFrame]:
-    """Members whose every checkpoint exists and verifies in ``previous``."""
-    if previous is None or len(previous) == 0:
-        return set(), pd.DataFrame(columns=INDEX_COLUMNS)
-    known = set(previous.model_ids)
-    candidates = [
-        m
-        for m in members
-        if all(mid in known for mid, _ in model_ids_of(m, options.snapshot_every))
-    ]
-    wanted = {mid for m in candidates for mid, _ in model_ids_of(m, options.snapshot_every)}
-    sub = previous.select(previous.index["model_id"].isin(wanted))
-    missing, corrupt = sub.verify()
-    if corrupt and options.on_corrupt == "error":
-        paths = [str(sub.file_path(c)) for c in corrupt]
-        raise CorruptCheckpointError(
-            f"{len(corrupt)} checkpoint(s) do not match their recorded sha256: {paths[:10]}. "
-            "Delete them to retrain those models, or set on_corrupt: retrain"
-        )
-    for c in corrupt:
-        log.warning("checkpoint %s is corrupt (sha256 mismatch): retraining", sub.file_path(c))
-    for m in missing:
-        log.info("checkpoint of %s is missing: retraining", m)
-    bad = set(missing) | set(corrupt)
-    reuse = {
-        m.member_id
-        for m in candidates
-        if not any(mid in bad for mid, _ in model_ids_of(m, options.snapshot_every))
-    }
-    keep_ids = {
-        mid
-        for m in candidates
-        if m.member_id in reuse
-        for mid, _ in model_ids_of(m, options.snapshot_every)
-    }
-    rows = previous.index[previous.index["model_id"].isin(keep_ids)]
-    return reuse, rows
-
-
 def _rows(
     members: Sequence[MemberSpec],
     arch: ArchSpec,
@@ -152,6 +86,23 @@ def _rows(
     metrics: Mapping[str, torch.Tensor],
     stack_seconds: float,
 ) -> list[dict]:
+    """Index rows of one evaluated stack state, one per member.
+
+    Parameters
+    ----------
+    members : sequence of MemberSpec
+        The (finite) members, in stack order.
+    arch : ArchSpec
+        Their architecture.
+    n_params : int
+        Parameters per model.
+    epoch_of, model_ids : sequence
+        Epoch and checkpoint id of each row.
+    metrics : mapping str -> Tensor (B,)
+        ``{split}_{accuracy,nll,ece}`` of :func:`~weightspace.zoo.evaluate.evaluate_stack`.
+    stack_seconds : float
+        Training time of the stack.
+    """
     stack_id = hashlib.sha256("".join(m.member_id for m in members).encode()).hexdigest()[:12]
     rows = []
     for i, (m, mid, epoch) in enumerate(zip(members, model_ids, epoch_of, strict=True)):
@@ -198,6 +149,182 @@ def _member_state(stacked: Mapping[str, torch.Tensor], i: int, steps: int, templ
     return state
 
 
+@dataclass
+class _Trained:
+    """Accumulated output of the stacks: index rows, member states, dropped member ids."""
+
+    rows: list[dict] = field(default_factory=list)
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _stack_hparams(chunk: Sequence[MemberSpec]) -> StackHParams:
+    """Per-member seeds and hyper-parameters of a stack, each ``(B,)``."""
+    return StackHParams(
+        seeds=torch.tensor([m.seed for m in chunk]),
+        lr=torch.tensor([m.train.lr for m in chunk]),
+        weight_decay=torch.tensor([m.train.weight_decay for m in chunk]),
+        epochs=torch.tensor([m.train.epochs for m in chunk]),
+        init_scale=torch.tensor([m.train.init_scale for m in chunk]),
+    )
+
+
+def _stack_data(
+    chunk: Sequence[MemberSpec], tasks: Mapping[TaskSpec, SplitDataset], device: torch.device
+) -> tuple[dict[str, TaskStack], torch.Tensor]:
+    """Padded splits of the stack's distinct tasks and each member's task index ``(B,)``."""
+    chunk_tasks = list(dict.fromkeys(m.task for m in chunk))
+    pos = {t: i for i, t in enumerate(chunk_tasks)}
+    split_stacks = {
+        s: TaskStack.from_splits([tasks[t].split(s) for t in chunk_tasks], device=device)
+        for s in SPLIT_NAMES
+    }
+    task_index = torch.tensor([pos[m.task] for m in chunk], device=device)
+    return split_stacks, task_index
+
+
+def _check_diverged(
+    chunk: Sequence[MemberSpec], finite: Sequence[bool], options: ZooRunOptions
+) -> list[str]:
+    """Member ids of a stack that diverged to NaN/inf (to drop), or raise per ``on_diverge``."""
+    if all(finite):
+        return []
+    bad = [m for m, ok in zip(chunk, finite, strict=True) if not ok]
+    names = [f"{m.member_id} ({m.task.name}, lr={m.train.lr}, seed={m.seed})" for m in bad]
+    if options.on_diverge == "error":
+        raise NonFiniteWeightsError(
+            f"{len(bad)} member(s) diverged to NaN/inf weights: {names[:5]}; lower "
+            "their lr or init_scale, or set on_diverge: drop to leave them out"
+        )
+    log.warning("dropping %d diverged member(s): %s", len(bad), names[:5])
+    return [m.member_id for m in bad]
+
+
+def _collect_states(
+    chunk: Sequence[MemberSpec],
+    result: StackResult,
+    finite: Sequence[bool],
+    template: torch.nn.Module,
+    snapshot_every: int,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """State dict of every checkpoint (snapshots and final) of the finite members."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for i, m in enumerate(chunk):
+        if not finite[i]:
+            continue
+        for mid, epoch in model_ids_of(m, snapshot_every):
+            if epoch == m.train.epochs:
+                src, steps = result.final, int(result.steps[i])
+            else:
+                src, steps = result.snapshots[epoch], int(result.snapshot_steps[epoch][i])
+            out[mid] = _member_state(src, i, steps, template)
+    return out
+
+
+def _evaluate_rows(
+    chunk: Sequence[MemberSpec],
+    result: StackResult,
+    finite: Sequence[bool],
+    template: torch.nn.Module,
+    arch: ArchSpec,
+    data: tuple[dict[str, TaskStack], torch.Tensor],
+    stack_seconds: float,
+) -> list[dict]:
+    """Index rows (with metrics) of the final and snapshot states of the finite members.
+
+    ``data`` is ``(split_stacks, task_index)`` of :func:`_stack_data`; the rows of every
+    checkpoint are returned, final ones first, then by snapshot epoch.
+    """
+    split_stacks, task_index = data
+    evaluations = [(result.final, [m.train.epochs for m in chunk], [m.member_id for m in chunk])]
+    for epoch, state in result.snapshots.items():
+        evaluations.append(
+            (state, [epoch] * len(chunk), [f"{m.member_id}-e{epoch:03d}" for m in chunk])
+        )
+    keep = [i for i, ok in enumerate(finite) if ok]  # diverged members are not evaluated
+    if not keep:
+        return []
+    kept = [chunk[i] for i in keep]
+    keep_t = torch.tensor(keep, dtype=torch.long)
+    n_params = sum(p.numel() for p in template.parameters())
+    rows: list[dict] = []
+    for state, epochs, mids in evaluations:
+        sub = {k: v[keep_t] for k, v in state.items()}
+        metrics = evaluate_stack(
+            template, sub, task_index[keep_t.to(task_index.device)], split_stacks
+        )
+        rows += _rows(
+            kept, arch, n_params, [epochs[i] for i in keep], [mids[i] for i in keep],
+            metrics, stack_seconds,
+        )  # fmt: skip
+    return rows
+
+
+def _train_one_stack(
+    arch: ArchSpec,
+    chunk: list[MemberSpec],
+    plan: ZooPlan,
+    options: ZooRunOptions,
+    device: torch.device,
+    progress: Callable[[int], object],
+    out: _Trained,
+) -> None:
+    """Train one stack, then add its checkpoints, index rows and dropped ids to ``out``."""
+    stack_start = time.perf_counter()
+    template = build_model(arch.name, arch.config, arch.input_shape, arch.n_classes).to(device)
+    split_stacks, task_index = _stack_data(chunk, plan.tasks, device)
+    every, max_epochs = options.snapshot_every, max(m.train.epochs for m in chunk)
+    first = chunk[0].train
+    result = train_stack(
+        template, _stack_hparams(chunk), task_index, split_stacks["train"], first.batch_size,
+        optimizer=first.optimizer, momentum=first.momentum,
+        snapshot_epochs=range(every, 1 + max_epochs, every) if every else (), progress=progress,
+    )  # fmt: skip
+    finite = result.finite.tolist()
+    out.dropped += _check_diverged(chunk, finite, options)
+    out.tensors.update(_collect_states(chunk, result, finite, template, every))
+    stack_seconds = time.perf_counter() - stack_start  # result is on the CPU: synced
+    rows = _evaluate_rows(
+        chunk, result, finite, template, arch, (split_stacks, task_index), stack_seconds
+    )
+    out.rows += [r for r in rows if r["model_id"] in out.tensors]
+
+
+def _train_stacks(plan: ZooPlan, options: ZooRunOptions, device: torch.device) -> _Trained:
+    """Train every stack of the plan, with one progress bar over all their steps."""
+    out = _Trained()
+    start = time.perf_counter()
+    bar = tqdm(
+        total=plan.total_steps,
+        desc=f"zoo: {len(plan.todo)} models",
+        unit="step",
+        disable=not options.progress or not plan.todo,
+        mininterval=2.0,
+    )
+    for arch, chunk in plan.stacks:
+        _train_one_stack(arch, chunk, plan, options, device, bar.update, out)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    out.seconds = time.perf_counter() - start if plan.todo else 0.0
+    return out
+
+
+def _assemble_index(
+    members: Sequence[MemberSpec], reused_rows: pd.DataFrame, new_rows: list[dict]
+) -> pd.DataFrame:
+    """Reused and new index rows, ordered by member (as listed) then epoch."""
+    index = pd.concat(
+        [reused_rows, pd.DataFrame(new_rows, columns=INDEX_COLUMNS)], ignore_index=True
+    )
+    order = {m.member_id: i for i, m in enumerate(members)}
+    index = index.assign(_o=index["member_id"].map(order), _e=index["epoch"]).sort_values(
+        ["_o", "_e"]
+    )
+    return index.drop(columns=["_o", "_e"]).reset_index(drop=True)
+
+
 def train_zoo(
     members: Sequence[MemberSpec],
     datasets: Mapping[str, SplitDataset],
@@ -221,141 +348,26 @@ def train_zoo(
     (Zoo, ZooRunReport)
     """
     options = options or ZooRunOptions()
-    if not members:
-        raise EmptyZooError("the zoo grid produced no members; check tasks/architectures/seeds")
-    ids = [m.member_id for m in members]
-    if len(set(ids)) != len(ids):
-        raise InvalidParameterError("the zoo grid lists the same member twice; remove duplicates")
+    check_members(members)
     device = resolve_device(options.device)
-    reuse, reused_rows = _reusable(previous, members, options)
-    todo = [m for m in members if m.member_id not in reuse]
-    tasks = materialize_tasks(todo, datasets)
-
-    groups: dict[tuple, list[MemberSpec]] = defaultdict(list)
-    archs: dict[tuple, ArchSpec] = {}
-    for m in todo:
-        ds = tasks[m.task]
-        arch = ArchSpec(m.arch, dict(m.arch_config), ds.input_shape, ds.n_classes)
-        key = (arch.key, *m.stack_key())
-        groups[key].append(m)
-        archs[key] = arch
-
-    stacks = [
-        (key, group[i : i + options.max_stack])
-        for key, group in groups.items()
-        for i in range(0, len(group), options.max_stack)
-    ]
-    total_steps = 0
-    for _key, chunk in stacks:
-        n_max = max(len(tasks[m.task].train) for m in chunk)
-        steps_per_epoch = math.ceil(n_max / chunk[0].train.batch_size)
-        total_steps += steps_per_epoch * max(m.train.epochs for m in chunk)
-
-    new_rows: list[dict] = []
-    new_tensors: dict[str, dict[str, torch.Tensor]] = {}
-    dropped: list[str] = []
-    start = time.perf_counter()
-    bar = tqdm(
-        total=total_steps,
-        desc=f"zoo: {len(todo)} models",
-        unit="step",
-        disable=not options.progress or not todo,
-        mininterval=2.0,
+    plan = plan_zoo(
+        members,
+        datasets,
+        previous,
+        snapshot_every=options.snapshot_every,
+        on_corrupt=options.on_corrupt,
+        max_stack=options.max_stack,
     )
-    for key, chunk in stacks:
-        stack_start = time.perf_counter()
-        arch = archs[key]
-        template = build_model(arch.name, arch.config, arch.input_shape, arch.n_classes).to(device)
-        chunk_tasks = list(dict.fromkeys(m.task for m in chunk))
-        pos = {t: i for i, t in enumerate(chunk_tasks)}
-        split_stacks = {
-            s: TaskStack.from_splits([tasks[t].split(s) for t in chunk_tasks], device=device)
-            for s in SPLIT_NAMES
-        }
-        task_index = torch.tensor([pos[m.task] for m in chunk], device=device)
-        hp = StackHParams(
-            seeds=torch.tensor([m.seed for m in chunk]),
-            lr=torch.tensor([m.train.lr for m in chunk]),
-            weight_decay=torch.tensor([m.train.weight_decay for m in chunk]),
-            epochs=torch.tensor([m.train.epochs for m in chunk]),
-            init_scale=torch.tensor([m.train.init_scale for m in chunk]),
-        )
-        snapshot_epochs = (
-            range(
-                options.snapshot_every,
-                1 + max(m.train.epochs for m in chunk),
-                options.snapshot_every,
-            )
-            if options.snapshot_every
-            else ()
-        )
-        first = chunk[0].train
-        result = train_stack(
-            template, hp, task_index, split_stacks["train"], first.batch_size,
-            optimizer=first.optimizer, momentum=first.momentum,
-            snapshot_epochs=snapshot_epochs, progress=bar.update,
-        )  # fmt: skip
-        finite = result.finite.tolist()
-        if not all(finite):
-            bad = [m for m, ok in zip(chunk, finite, strict=True) if not ok]
-            names = [f"{m.member_id} ({m.task.name}, lr={m.train.lr}, seed={m.seed})" for m in bad]
-            if options.on_diverge == "error":
-                raise NonFiniteWeightsError(
-                    f"{len(bad)} member(s) diverged to NaN/inf weights: {names[:5]}; lower "
-                    "their lr or init_scale, or set on_diverge: drop to leave them out"
-                )
-            log.warning("dropping %d diverged member(s): %s", len(bad), names[:5])
-            dropped += [m.member_id for m in bad]
-        n_params = sum(p.numel() for p in template.parameters())
-        snaps = result.snapshots
-        for i, m in enumerate(chunk):
-            if not finite[i]:
-                continue
-            for mid, epoch in model_ids_of(m, options.snapshot_every):
-                if epoch == m.train.epochs:
-                    src, steps = result.final, int(result.steps[i])
-                else:
-                    src, steps = snaps[epoch], int(result.snapshot_steps[epoch][i])
-                new_tensors[mid] = _member_state(src, i, steps, template)
-        stack_seconds = time.perf_counter() - stack_start  # result is on the CPU: synced
-        evaluations = [
-            (result.final, [m.train.epochs for m in chunk], [m.member_id for m in chunk])
-        ]
-        for epoch, state in snaps.items():
-            evaluations.append(
-                (state, [epoch] * len(chunk), [f"{m.member_id}-e{epoch:03d}" for m in chunk])
-            )
-        keep = [i for i, ok in enumerate(finite) if ok]  # diverged members are not evaluated
-        kept = [chunk[i] for i in keep]
-        keep_t = torch.tensor(keep, dtype=torch.long)
-        for state, epochs, mids in evaluations:
-            if not keep:
-                break
-            sub = {k: v[keep_t] for k, v in state.items()}
-            metrics = evaluate_stack(template, sub, task_index[keep_t.to(device)], split_stacks)
-            rows = _rows(
-                kept, arch, n_params, [epochs[i] for i in keep], [mids[i] for i in keep],
-                metrics, stack_seconds,
-            )  # fmt: skip
-            new_rows += [r for r in rows if r["model_id"] in new_tensors]
-    bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start if todo else 0.0
-
-    index = pd.concat(
-        [reused_rows, pd.DataFrame(new_rows, columns=INDEX_COLUMNS)], ignore_index=True
-    )
-    order = {mid: i for i, mid in enumerate(ids)}
-    index = index.assign(_o=index["member_id"].map(order), _e=index["epoch"]).sort_values(
-        ["_o", "_e"]
-    )
-    index = index.drop(columns=["_o", "_e"]).reset_index(drop=True)
+    trained = _train_stacks(plan, options, device)
+    index = _assemble_index(members, plan.reused_rows, trained.rows)
     root = previous.root if previous is not None else None
-    zoo = Zoo(index, root=root, tensors=new_tensors)
+    zoo = Zoo(index, root=root, tensors=trained.tensors)
     if len(zoo) == 0:
         raise EmptyZooError("every member of the zoo was dropped; nothing to save")
-    report = ZooRunReport(len(members), len(todo) - len(dropped), len(reuse), len(dropped), seconds)
+    n_todo, n_dropped = len(plan.todo), len(trained.dropped)
+    report = ZooRunReport(
+        len(members), n_todo - n_dropped, len(plan.reuse), n_dropped, trained.seconds
+    )
     log.info(
         "zoo: %d trained (%.1f models/s), %d reused, %d dropped",
         report.n_trained,

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from weightspace.data.base import Split, SplitDataset
+from weightspace.device import module_device
 from weightspace.errors import InvalidParameterError
+from weightspace.zoo import evaluate
 from weightspace.zoo.init import init_stack
 from weightspace.zoo.tasks import TaskStack
-from weightspace.zoo.train import StackHParams, predict_stack, train_stack
+from weightspace.zoo.train import StackHParams, train_stack
 
 
 @dataclass
@@ -50,17 +52,34 @@ class FinetuneResult:
         return self.test_accuracy.gather(1, self.best_epoch[:, None])[:, 0]
 
 
-@torch.no_grad()
 def stack_accuracy(
     template: nn.Module, stacked: Mapping[str, torch.Tensor], split: Split
 ) -> torch.Tensor:
-    """Accuracy ``(B,)`` of every member of a stack on one split."""
-    device = next(template.parameters()).device
-    data = TaskStack.from_splits([split], device=device)
+    """Accuracy ``(B,)`` (CPU) of every member of a stack on one split.
+
+    A thin call to :func:`weightspace.zoo.evaluate.stack_accuracy` with the split as the
+    one task of every member.
+
+    Parameters
+    ----------
+    template : nn.Module
+        Module of the architecture (on the evaluation device).
+    stacked : mapping name -> Tensor (B, *shape)
+        Parameters and buffers of the stack.
+    split : Split
+        Inputs ``(N, *input_shape)`` and labels ``(N,)``.
+    """
+    data = TaskStack.from_splits([split], device=module_device(template))
+    return _accuracy_on(template, stacked, data)
+
+
+def _accuracy_on(
+    template: nn.Module, stacked: Mapping[str, torch.Tensor], data: TaskStack
+) -> torch.Tensor:
+    """Accuracy ``(B,)`` (CPU) of every member on the single task of ``data``."""
     b = len(next(iter(stacked.values())))
-    task = torch.zeros(b, dtype=torch.long, device=device)
-    logits = predict_stack(template, {k: v.to(device) for k, v in stacked.items()}, task, data)
-    return (logits.argmax(-1) == data.y[task]).float().mean(1).cpu()
+    task = torch.zeros(b, dtype=torch.long, device=data.x.device)
+    return evaluate.stack_accuracy(template, stacked, task, data)
 
 
 def finetune_stack(
@@ -96,7 +115,7 @@ def finetune_stack(
         raise InvalidParameterError("pass init (weights to fine-tune) or seeds (random inits)")
     b = len(next(iter(init.values()))) if init is not None else len(seeds)
     seeds = torch.arange(b) if seeds is None else torch.as_tensor(seeds).long()
-    device = next(template.parameters()).device
+    device = module_device(template)
     hp = StackHParams(
         seeds=seeds,
         lr=torch.full((b,), float(lr)),
@@ -114,8 +133,11 @@ def finetune_stack(
     seconds = time.perf_counter() - start
     states = [init if init is not None else _initial(template, hp, device)]
     states += [result.snapshots[e] for e in range(1, int(epochs) + 1)]
-    val = torch.stack([stack_accuracy(template, s, dataset.val) for s in states], 1)
-    test = torch.stack([stack_accuracy(template, s, dataset.test) for s in states], 1)
+    val_data, test_data = (
+        TaskStack.from_splits([s], device=device) for s in (dataset.val, dataset.test)
+    )
+    val = torch.stack([_accuracy_on(template, s, val_data) for s in states], 1)
+    test = torch.stack([_accuracy_on(template, s, test_data) for s in states], 1)
     best_epoch = val.argmax(1)  # first maximum: the earliest best epoch
     best = {
         k: torch.stack([states[int(e)][k][i].cpu() for i, e in enumerate(best_epoch)])
@@ -127,6 +149,7 @@ def finetune_stack(
 def _initial(
     template: nn.Module, hp: StackHParams, device: torch.device
 ) -> dict[str, torch.Tensor]:
+    """The seeded initial weights ``(B, *shape)`` of ``hp``'s members, on the CPU."""
     return {
         k: v.cpu() for k, v in init_stack(template, hp.seeds, hp.init_scale, device=device).items()
     }
