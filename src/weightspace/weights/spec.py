@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from weightspace.errors import CheckpointMismatchError, InvalidParameterError
+from weightspace.weights.spec_checks import check_state_dict
 
 PARAMETER = "parameter"
 BUFFER = "buffer"
@@ -44,7 +45,6 @@ KINDS = (PARAMETER, BUFFER)
 
 _FORMAT = "weightspace.ParameterSpec"
 _VERSION = 1
-_MAX_LISTED = 10
 
 
 def layer_of(name: str) -> str:
@@ -122,12 +122,6 @@ class ParamEntry:
             "layer": self.layer,
             "kind": self.kind,
         }
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
 
 
 @dataclass(frozen=True)
@@ -404,6 +398,8 @@ class ParameterSpec:
     ) -> int | None:
         """Check that a state dict has exactly this spec's tensors with its shapes.
 
+        See :func:`weightspace.weights.spec_checks.check_state_dict`.
+
         Parameters
         ----------
         state_dict : mapping of str to Tensor
@@ -425,76 +421,7 @@ class ParameterSpec:
         CheckpointMismatchError
             Naming every missing, unexpected and wrongly shaped key.
         """
-        missing = [name for name in self.names if name not in state_dict]
-        unexpected = []
-        if strict:
-            known = set(self.names)
-            unexpected = [
-                name
-                for name, t in state_dict.items()
-                if name not in known and isinstance(t, torch.Tensor) and t.is_floating_point()
-            ]
-        wrong: list[str] = []
-        n_models: int | None = None
-        for entry in self.entries:
-            tensor = state_dict.get(entry.name)
-            if tensor is None:
-                continue
-            if not isinstance(tensor, torch.Tensor):
-                wrong.append(f"{entry.name}: expected a Tensor, got {type(tensor).__name__}")
-                continue
-            got = tuple(tensor.shape)
-            if stacked:
-                if len(got) != len(entry.shape) + 1 or got[1:] != entry.shape:
-                    wrong.append(f"{entry.name}: expected (N, {_dims(entry.shape)}), got {got}")
-                elif n_models is None:
-                    n_models = got[0]
-                elif got[0] != n_models:
-                    wrong.append(
-                        f"{entry.name}: has {got[0]} models, earlier tensors have {n_models}"
-                    )
-            elif got != entry.shape:
-                wrong.append(f"{entry.name}: expected {entry.shape}, got {got}")
-            if not tensor.is_floating_point():
-                wrong.append(f"{entry.name}: expected a floating-point tensor, got {tensor.dtype}")
-        if not (missing or unexpected or wrong):
-            return n_models
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_listing(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shapes or dtypes {_listing(wrong)}")
-        hint = (
-            "Fix: load weights of the architecture this spec was built from (same "
-            "architecture config), or rebuild the spec with ParameterSpec.from_module on the "
-            "model you are loading"
-        )
-        if unexpected:
-            hint += "; pass strict=False to ignore extra keys (e.g. buffers of a spec built "
-            hint += "with include_buffers=False)"
-        if stacked and wrong and self._looks_unstacked(state_dict):
-            hint += (
-                "; the tensors look like ONE model's state dict: wrap it in a list, or use "
-                "module_to_vector"
-            )
-        raise CheckpointMismatchError(
-            f"state dict does not match the parameter spec ({len(self.entries)} entries, "
-            f"fingerprint {self.fingerprint[:12]}): {'; '.join(parts)}. {hint}"
-        )
-
-    def _looks_unstacked(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
-        tensors = [state_dict.get(e.name) for e in self.entries]
-        return all(
-            isinstance(t, torch.Tensor) and tuple(t.shape) == e.shape
-            for t, e in zip(tensors, self.entries, strict=True)
-            if t is not None
-        )
-
-
-def _dims(shape: tuple[int, ...]) -> str:
-    return ", ".join(str(s) for s in shape)
+        return check_state_dict(self, state_dict, stacked=stacked, strict=strict)
 
 
 def _is_weight_tensor(name: str, tensor: torch.Tensor) -> bool:
