@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from weightspace.device import module_device
 from weightspace.errors import InvalidParameterError, ShapeError
 
 __all__ = ["AlignmentHead", "SetSampler", "align_encoder", "clip_loss", "retrieval_accuracy"]
@@ -156,10 +158,121 @@ class AlignmentHead(nn.Module):
 
 
 def _unpack(batch: SetBatch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(x, mask, class_mask)`` of a sampler's output (a bare tensor has no masks)."""
     if isinstance(batch, torch.Tensor):
         return batch, None, None
     x, mask, class_mask = batch
     return x, mask, class_mask
+
+
+@dataclass(frozen=True)
+class _AlignData:
+    """The rows :func:`align_encoder` pairs: dataset sets with frozen latents ``(N, L)``."""
+
+    sets: torch.Tensor | SetSampler
+    latents: torch.Tensor  # (N, L), on the training device
+    groups: torch.Tensor  # (N,), on the training device
+    mask: torch.Tensor | None
+    class_mask: torch.Tensor | None
+
+    def sets_of(
+        self, rows: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(x, mask, class_mask)`` of the given rows on the training device.
+
+        A sampler draws fresh sets with ``gen``; a tensor ``sets`` is indexed.
+        """
+        if isinstance(self.sets, torch.Tensor):
+            x = self.sets[rows.to(self.sets.device)]
+            m = None if self.mask is None else self.mask[rows.to(self.mask.device)]
+            cm = (
+                None
+                if self.class_mask is None
+                else self.class_mask[rows.to(self.class_mask.device)]
+            )
+        else:
+            x, m, cm = _unpack(self.sets(rows, gen))
+        device = self.latents.device
+        return tuple(None if t is None else t.to(device) for t in (x, m, cm))
+
+
+def _check_align_args(
+    sets: torch.Tensor | SetSampler,
+    latents: torch.Tensor,
+    groups: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+) -> None:
+    """Raise on mismatched shapes or invalid settings of :func:`align_encoder`."""
+    N = latents.shape[0]
+    if latents.ndim < 2 or groups.shape != (N,):
+        raise ShapeError(
+            f"latents must be (N, L) and groups (N,); got {tuple(latents.shape)} and "
+            f"{tuple(groups.shape)}"
+        )
+    if isinstance(sets, torch.Tensor) and sets.shape[0] != N:
+        raise ShapeError(f"sets has {sets.shape[0]} rows but latents has {N}; pair them 1:1")
+    if N < 2:
+        raise InvalidParameterError(f"contrastive alignment needs at least 2 rows, got {N}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidParameterError(f"align_encoder {name} must be >= 1, got {value!r}")
+    if batch_size < 2:
+        raise InvalidParameterError("align_encoder batch_size must be >= 2 (contrastive loss)")
+    if not lr > 0:
+        raise InvalidParameterError(f"align_encoder lr must be > 0, got {lr}")
+
+
+def _batch_loss(
+    encoder: nn.Module,
+    projection_latent: nn.Module,
+    data: _AlignData,
+    rows: torch.Tensor,
+    gen: torch.Generator,
+    temperature: float,
+) -> torch.Tensor:
+    """:func:`clip_loss` between the embeddings of ``rows``' sets and their projected latents."""
+    x, m, cm = data.sets_of(rows, gen)
+    rows_d = rows.to(data.latents.device)
+    emb = encoder(x, m, cm)
+    proj = projection_latent(data.latents[rows_d])
+    if emb.shape != proj.shape:
+        raise ShapeError(
+            f"encoder output {tuple(emb.shape)} and projected latents "
+            f"{tuple(proj.shape)} differ; build the projection with out_dim equal to "
+            "the encoder's out_dim"
+        )
+    return clip_loss(emb, proj, temperature, labels=data.groups[rows_d])
+
+
+def _align_epoch(
+    modules: tuple[nn.Module, nn.Module],
+    data: _AlignData,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    batch_size: int,
+    temperature: float,
+) -> torch.Tensor:
+    """One pass over the rows in a random order; the mean loss (a 0-dim device tensor).
+
+    ``modules`` is ``(encoder, projection_latent)``. A last batch of one row is skipped.
+    """
+    N = data.latents.shape[0]
+    order = torch.randperm(N, generator=gen)
+    total = torch.zeros((), device=data.latents.device)
+    steps = 0
+    for start in range(0, N, batch_size):
+        rows = order[start : start + batch_size]
+        if rows.numel() < 2:
+            continue
+        loss = _batch_loss(*modules, data, rows, gen, temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total = total + loss.detach()
+        steps += 1
+    return total / max(steps, 1)
 
 
 def align_encoder(
@@ -222,67 +335,21 @@ def align_encoder(
     list of float
         Mean loss of each epoch.
     """
-    N = latents.shape[0]
-    if latents.ndim < 2 or groups.shape != (N,):
-        raise ShapeError(
-            f"latents must be (N, L) and groups (N,); got {tuple(latents.shape)} and "
-            f"{tuple(groups.shape)}"
-        )
-    if isinstance(sets, torch.Tensor) and sets.shape[0] != N:
-        raise ShapeError(f"sets has {sets.shape[0]} rows but latents has {N}; pair them 1:1")
-    if N < 2:
-        raise InvalidParameterError(f"contrastive alignment needs at least 2 rows, got {N}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidParameterError(f"align_encoder {name} must be >= 1, got {value!r}")
-    if batch_size < 2:
-        raise InvalidParameterError("align_encoder batch_size must be >= 2 (contrastive loss)")
-    if not lr > 0:
-        raise InvalidParameterError(f"align_encoder lr must be > 0, got {lr}")
-
-    device = next(encoder.parameters()).device
+    _check_align_args(sets, latents, groups, epochs, batch_size, lr)
+    device = module_device(encoder)
     params = list(encoder.parameters()) + list(projection_latent.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     gen = torch.Generator().manual_seed(int(seed))
-    latents = latents.detach().to(device)
-    groups = groups.to(device)
+    data = _AlignData(sets, latents.detach().to(device), groups.to(device), mask, class_mask)
     modes = (encoder.training, projection_latent.training)
     encoder.train()
     projection_latent.train()
-
     history: list[torch.Tensor] = []
     bar = tqdm(range(epochs), desc="align dataset encoder", disable=not progress)
     for _ in bar:
-        order = torch.randperm(N, generator=gen)
-        total = torch.zeros((), device=device)
-        steps = 0
-        for start in range(0, N, batch_size):
-            rows = order[start : start + batch_size]
-            if rows.numel() < 2:
-                continue
-            if isinstance(sets, torch.Tensor):
-                x = sets[rows.to(sets.device)]
-                m = None if mask is None else mask[rows.to(mask.device)]
-                cm = None if class_mask is None else class_mask[rows.to(class_mask.device)]
-            else:
-                x, m, cm = _unpack(sets(rows, gen))
-            x, m, cm = (None if t is None else t.to(device) for t in (x, m, cm))
-            rows_d = rows.to(device)
-            emb = encoder(x, m, cm)
-            proj = projection_latent(latents[rows_d])
-            if emb.shape != proj.shape:
-                raise ShapeError(
-                    f"encoder output {tuple(emb.shape)} and projected latents "
-                    f"{tuple(proj.shape)} differ; build the projection with out_dim equal to "
-                    "the encoder's out_dim"
-                )
-            loss = clip_loss(emb, proj, temperature, labels=groups[rows_d])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total = total + loss.detach()
-            steps += 1
-        history.append(total / max(steps, 1))
+        history.append(
+            _align_epoch((encoder, projection_latent), data, opt, gen, batch_size, temperature)
+        )
         if progress:
             bar.set_postfix(loss=f"{history[-1].item():.4f}")
     encoder.train(modes[0])
