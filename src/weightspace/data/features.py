@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.device import module_device
 from weightspace.errors import InvalidParameterError, ShapeError
 from weightspace.nets.resnet import ResNet
 from weightspace.nets.vgg import VGG
@@ -66,13 +67,13 @@ class FrozenFeatureExtractor(nn.Module):
     @torch.no_grad()
     def extract(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
         """Features of many inputs, computed in batches on the extractor's device."""
-        device = next(self.body.parameters()).device
+        device = module_device(self.body)
         outs = [self(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
         return torch.cat(outs) if outs else torch.zeros(0, self.feature_dim(x.shape[1:]))
 
     def feature_dim(self, input_shape: Sequence[int]) -> int:
         """Feature size for inputs of ``input_shape``."""
-        device = next(self.body.parameters()).device
+        device = module_device(self.body)
         return int(self(torch.zeros(1, *input_shape, device=device)).shape[1])
 
 
