@@ -22,7 +22,7 @@ import time
 import torch
 
 from pipeline_targets import ROOT, pipeline_metrics, print_targets
-from weightspace.fusion import otfusion
+from weightspace.fusion import OTFusionConfig, otfusion
 from weightspace.nets.registry import build_model
 
 
@@ -33,11 +33,12 @@ def time_ot_512(repeats: int = 5) -> dict[str, float]:
     x = torch.randn(200, 1, 8, 8)
     out = {}
     for metric in ("activation", "weight"):
-        otfusion([a, b], x, ground_metric=metric)  # warm-up
+        config = OTFusionConfig(ground_metric=metric)
+        otfusion([a, b], x, config=config)  # warm-up
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            otfusion([a, b], x, ground_metric=metric)
+            otfusion([a, b], x, config=config)
             times.append(time.perf_counter() - start)
         out[f"ot512_{metric}_seconds"] = statistics.median(times)
     return out

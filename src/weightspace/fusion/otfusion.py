@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +39,6 @@ from weightspace.device import module_device
 from weightspace.errors import ArchitectureMismatchError, InvalidParameterError
 from weightspace.fusion.activations import capture, neuron_matrix
 from weightspace.fusion.structure import OUTPUT, NeuronLayer, Structure, check_compatible
-
-log = logging.getLogger(__name__)
 
 GROUND_METRICS = ("activation", "weight")
 SOLVERS = ("emd", "sinkhorn")
@@ -313,10 +310,8 @@ def otfusion(
     weights : sequence of float, optional
         Fusion weights (default uniform).
     config : OTFusionConfig, optional
-        How neurons are aligned (default ``OTFusionConfig()``).
-    **options
-        Fields of :class:`OTFusionConfig` replacing those of ``config``
-        (``otfusion(models, x, ground_metric="weight")``).
+        How neurons are aligned (default ``OTFusionConfig()``); keyword ``options`` named
+        like its fields replace them: ``otfusion(models, x, ground_metric="weight")``.
 
     Returns
     -------
@@ -332,13 +327,10 @@ def otfusion(
 
 
 def _with_options(config: OTFusionConfig, options: Mapping[str, Any]) -> OTFusionConfig:
-    allowed = {f.name for f in dataclasses.fields(OTFusionConfig)}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise InvalidParameterError(
-            f"otfusion() got unknown options {unknown}; OTFusionConfig fields are {sorted(allowed)}"
-        )
-    return dataclasses.replace(config, **options) if options else config
+    allowed = sorted(f.name for f in dataclasses.fields(OTFusionConfig))
+    if unknown := sorted(set(options) - set(allowed)):
+        raise InvalidParameterError(f"otfusion() got unknown options {unknown}; use {allowed}")
+    return dataclasses.replace(config, **options)
 
 
 def vanilla_average(

@@ -1,7 +1,18 @@
-"""Tables (shaped like CLAFusion's Tables 1, 2 and 5) and plots of the fusion experiment."""
+"""The fusion report: score dataclasses -> flat ``metrics.json``, markdown tables (shaped
+like CLAFusion's Tables 1, 2, 4 and 5) and figures.
+
+The protocol (:mod:`weightspace.evaluation.fusion_protocol`) measures; this module names.
+Every metric key is made here: per experiment the means over pairs of
+:class:`~weightspace.evaluation.fusion_scores.PairScores` (``model_a_acc``, ...),
+``<init>_finetuned_acc``, ``k<K>_finetuned_acc``, the cost keys, and for the
+teacher–student experiment ``kd_<init>_{best,mean}_acc`` and the parameter counts.
+``metrics.json`` holds every key prefixed with ``<experiment>.`` plus the headline
+experiment's keys unprefixed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,6 +22,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+
+from weightspace.evaluation.fusion_scores import (
+    CostScores,
+    FinetuneScores,
+    OneShotScores,
+    PairScores,
+    TeacherStudentScores,
+)
+
+PAIR_METRICS = tuple(f.name for f in dataclasses.fields(PairScores) if f.name != "mapping")
+"""One-shot keys: means over pairs of every numeric :class:`PairScores` field."""
 
 TABLE1_COLUMNS = [
     ("model_a_acc", "M_A"),
@@ -154,56 +176,117 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure
     return fig
 
 
+def experiment_metrics(
+    shot: OneShotScores, finetuned: FinetuneScores, cost: CostScores
+) -> dict[str, float]:
+    """Flat metrics of one experiment: one shot, fine-tuning, cost (in that order)."""
+    metrics = {name: shot.mean(name) for name in PAIR_METRICS}
+    metrics.update({f"{n}_finetuned_acc": v for n, v in finetuned.best_test_acc.items()})
+    metrics.update({f"k{k}_finetuned_acc": v for k, v in finetuned.k_best_test_acc.items()})
+    metrics.update(
+        {
+            "train_to_fused_acc_epochs": float(cost.train_epochs),
+            "train_to_fused_acc_seconds": cost.train_seconds,
+            "fusion_cost_ratio": cost.ratio,
+            "fusion_cost_reached": float(cost.reached),
+        }
+    )
+    return metrics
+
+
+def teacher_student_metrics(scores: TeacherStudentScores) -> dict[str, float]:
+    """Flat metrics of a teacher–student experiment (Tables 4-5)."""
+    metrics = {
+        "fused_student_oneshot_acc": scores.fused_student_oneshot_acc,
+        "teacher_acc": scores.teacher_acc,
+        "kd_pretrained_b_student_acc": scores.student_acc,
+    }
+    for init, best in scores.kd_best_acc.items():
+        metrics[f"kd_{init}_best_acc"] = best
+        metrics[f"kd_{init}_mean_acc"] = scores.kd_mean_acc[init]
+    metrics["n_params_teacher"] = scores.n_params_teacher
+    metrics["n_params_student"] = scores.n_params_student
+    metrics["n_params_fused_student"] = scores.n_params_fused_student
+    return metrics
+
+
+def k_rows(shot: OneShotScores, finetuned: FinetuneScores) -> list[dict[str, Any]]:
+    """Table 2 rows of one experiment, with the fine-tuned fused accuracy per K."""
+    return [
+        {**dataclasses.asdict(r), "finetuned_acc": finetuned.k_best_test_acc.get(r.k)}
+        for r in shot.k_rows
+    ]
+
+
+def flat_metrics(
+    per_exp: Mapping[str, Mapping[str, float]],
+    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    headline: str | None,
+) -> dict[str, float]:
+    """``metrics.json``: the headline experiment unprefixed, then every experiment's keys
+    as ``<experiment>.<key>`` followed by its ``k<K>_fused_acc`` / ``k<K>_ensemble_acc``."""
+    metrics: dict[str, float] = dict(per_exp[headline or next(iter(per_exp))])
+    for name, m in per_exp.items():
+        metrics.update({f"{name}.{k}": v for k, v in m.items()})
+        for r in rows.get(name, []):
+            metrics[f"{name}.k{r['k']}_fused_acc"] = r["fused_acc"]
+            metrics[f"{name}.k{r['k']}_ensemble_acc"] = r["ensemble_acc"]
+    return metrics
+
+
+def seconds_table(node_seconds: Mapping[str, float]) -> str:
+    """Wall time of each pipeline stage (recorded by the project hook)."""
+    rows = [[name, f"{s:.1f}"] for name, s in node_seconds.items()]
+    return _markdown(["stage", "seconds"], rows or [["-", "-"]])
+
+
+def markdown_tables(
+    per_exp: Mapping[str, Mapping[str, float]],
+    kd: Mapping[str, Mapping[str, float]],
+    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    node_seconds: Mapping[str, float] | None = None,
+) -> str:
+    """``tables.md``: Tables 1, 2, 4, 5, the same-depth baselines and stage times."""
+    sections = [
+        ("## Table 1 (shape of CLAFusion Table 1): accuracy %, mean over pairs\n", table1(per_exp)),
+        ("## Same-depth baselines and cost\n", baseline_table(per_exp)),
+        ("## Table 2: K models alternating deep/shallow\n", table2(rows)),
+        ("## Table 4: teacher-student fusion (student widths, teacher depth)\n", table4(kd)),
+        ("## Table 5: knowledge distillation into each student initialisation\n", table5(kd)),
+    ]  # fmt: skip
+    if node_seconds is not None:
+        sections.append(("## Stage wall times\n", seconds_table(node_seconds)))
+    return "\n\n".join(part for section in sections for part in section) + "\n"
+
+
 def assemble_report(
-    shots: Mapping[str, Mapping[str, Any]],
-    finetuned: Mapping[str, Mapping[str, Any]],
-    distilled: Mapping[str, Mapping[str, float]],
+    shots: Mapping[str, OneShotScores],
+    finetuned: Mapping[str, FinetuneScores],
+    costs: Mapping[str, CostScores],
+    distilled: Mapping[str, TeacherStudentScores],
     headline: str | None = None,
+    node_seconds: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, float], str, str, Figure, Figure]:
     """Flat metrics, markdown tables, per-experiment JSON and the two figures.
 
     Parameters
     ----------
-    shots : mapping experiment -> one-shot result (``metrics``, ``k_rows``)
-    finetuned : mapping experiment -> fine-tuning result (``metrics``, ``curves``)
-    distilled : mapping teacher-student experiment -> KD metrics
+    shots, finetuned, costs : mapping experiment -> scores of that stage
+    distilled : mapping teacher-student experiment -> its scores
     headline : str, optional
         Experiment whose metrics are also written without a prefix (default: the first).
+    node_seconds : mapping stage -> seconds, optional
+        Wall times of the pipeline's stages, tabulated in ``tables.md``.
 
     Returns
     -------
     metrics, tables (markdown), details (JSON), accuracy-vs-K figure, curves figure
     """
-    per_exp = {
-        name: {**shot["metrics"], **finetuned[name]["metrics"]} for name, shot in shots.items()
-    }
-    k_rows = {
-        name: [
-            {**r, "finetuned_acc": per_exp[name].get(f"k{r['k']}_finetuned_acc")}
-            for r in shot["k_rows"]
-        ]
-        for name, shot in shots.items()
-    }
-    metrics: dict[str, float] = dict(per_exp[headline or next(iter(per_exp))])
-    for name, m in {**per_exp, **distilled}.items():
-        metrics.update({f"{name}.{k}": v for k, v in m.items()})
-        for r in k_rows.get(name, []):
-            metrics[f"{name}.k{r['k']}_fused_acc"] = r["fused_acc"]
-            metrics[f"{name}.k{r['k']}_ensemble_acc"] = r["ensemble_acc"]
-    tables = "\n\n".join(
-        [
-            "## Table 1 (shape of CLAFusion Table 1): accuracy %, mean over pairs\n",
-            table1(per_exp),
-            "## Same-depth baselines and cost\n",
-            baseline_table(per_exp),
-            "## Table 2: K models alternating deep/shallow\n",
-            table2(k_rows),
-            "## Table 4: teacher-student fusion (student widths, teacher depth)\n",
-            table4(distilled),
-            "## Table 5: knowledge distillation into each student initialisation\n",
-            table5(distilled),
-        ]
-    )
-    curves = {name: f["curves"] for name, f in finetuned.items()}
-    details = json.dumps({**per_exp, **distilled}, indent=2)
-    return metrics, tables + "\n", details, k_figure(k_rows), curves_figure(curves)
+    per_exp = {n: experiment_metrics(s, finetuned[n], costs[n]) for n, s in shots.items()}
+    ts = {name: teacher_student_metrics(s) for name, s in distilled.items()}
+    rows = {name: k_rows(s, finetuned[name]) for name, s in shots.items()}
+    metrics = flat_metrics({**per_exp, **ts}, rows, headline)
+    tables = markdown_tables(per_exp, ts, rows, node_seconds)
+    curves = {name: dict(f.curves) for name, f in finetuned.items()}
+    details = json.dumps({**per_exp, **ts}, indent=2)
+    return metrics, tables, details, k_figure(rows), curves_figure(curves)
