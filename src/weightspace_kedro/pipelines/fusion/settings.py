@@ -1,0 +1,193 @@
+"""Typed ``fusion.settings``: the fusion parameters block as one frozen dataclass.
+
+The pipeline's first node builds :class:`FusionSettings` once with
+:func:`~weightspace_kedro.typed.typed_settings`; every later node receives that object,
+never the raw dict. The method and protocol parts are the library's configs
+(:class:`~weightspace.fusion.OTFusionConfig`, :class:`~weightspace.fusion.CLAFusionConfig`,
+:class:`~weightspace.evaluation.fusion_protocol.FinetuneConfig`, ...), so their defaults
+live in one place. What is the pipeline's own: which zoo architectures and datasets each
+experiment uses, the headline experiment and the device.
+
+Architectures are named once, in ``zoo_fusion.grid.architectures`` (``key: mlp_deep``);
+experiments reference the key (``deep: mlp_deep``) and :func:`resolve_architectures`
+checks every reference against the grid before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from weightspace.errors import InvalidParameterError
+from weightspace.evaluation.fusion_protocol import (
+    CostConfig,
+    FinetuneConfig,
+    TeacherStudentConfig,
+)
+from weightspace.fusion import CLAFusionConfig, OTFusionConfig
+
+GRID = "zoo_fusion.grid.architectures"
+"""Where the architectures the settings reference are defined."""
+
+
+@dataclass(frozen=True)
+class FinetuneOverride:
+    """Per-experiment changes to ``fusion.settings.finetune`` (unset fields inherit)."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    batch_size: int | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+
+    def apply(self, base: FinetuneConfig) -> FinetuneConfig:
+        """``base`` with the fields this override sets."""
+        changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """One fusion experiment: deep and shallow parents (grid keys) on one dataset."""
+
+    name: str
+    dataset: str
+    deep: str
+    shallow: str
+    finetune: FinetuneOverride = field(default_factory=FinetuneOverride)
+
+
+@dataclass(frozen=True)
+class KDSettings(TeacherStudentConfig):
+    """The teacher–student experiment: the protocol's sweep plus which zoo models."""
+
+    enabled: bool = False
+    name: str = "teacher_student"
+    dataset: str = ""
+    teacher: str = ""
+    student: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        missing = [k for k in ("dataset", "teacher", "student") if not getattr(self, k)]
+        if self.enabled and missing:
+            raise InvalidParameterError(
+                f"fusion.settings.kd is enabled but names no {missing}; set them or enabled: false"
+            )
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """Everything the fusion pipeline runs, typed (``fusion.settings``).
+
+    ``cla.ot`` is filled from ``ot``: the OTFusion step is configured once, under
+    ``fusion.settings.ot``, and used by CLAFusion and by the same-depth baseline.
+    """
+
+    experiments: tuple[ExperimentSettings, ...]
+    ks: tuple[int, ...] = (2, 4, 6)
+    ot: OTFusionConfig = field(default_factory=OTFusionConfig)
+    cla: CLAFusionConfig = field(default_factory=CLAFusionConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    kd: KDSettings = field(default_factory=KDSettings)
+    cost: CostConfig = field(default_factory=CostConfig)
+    device: str = "auto"
+    headline: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [e.name for e in self.experiments]
+        if not names or len(set(names)) != len(names):
+            raise InvalidParameterError(
+                f"fusion.settings.experiments needs >= 1 experiment with distinct names, "
+                f"got {names}"
+            )
+        if self.headline is not None and self.headline not in names:
+            raise InvalidParameterError(
+                f"fusion.settings.headline {self.headline!r} is not an experiment; "
+                f"choose one of {names}"
+            )
+        if any(int(k) < 2 for k in self.ks):
+            raise InvalidParameterError(f"fusion.settings.ks must be >= 2, got {self.ks}")
+        if self.cla.ot not in (OTFusionConfig(), self.ot):
+            raise InvalidParameterError(
+                "set the OTFusion options once, under fusion.settings.ot (not cla.ot)"
+            )
+        object.__setattr__(self, "cla", dataclasses.replace(self.cla, ot=self.ot))
+        for e in self.experiments:
+            e.finetune.apply(self.finetune)  # a bad override fails here, not mid-run
+
+    def finetune_for(self, experiment: str) -> FinetuneConfig:
+        """The fine-tuning settings of one experiment (its override applied)."""
+        exp = next(e for e in self.experiments if e.name == experiment)
+        return exp.finetune.apply(self.finetune)
+
+
+@dataclass(frozen=True)
+class GridArchitecture:
+    """A keyed entry of the zoo grid: the registry name, its config, its datasets."""
+
+    key: str
+    name: str
+    config: dict[str, Any]
+    datasets: tuple[str, ...] | None = None
+
+
+def grid_architectures(grid: Mapping[str, Any]) -> dict[str, GridArchitecture]:
+    """``key -> GridArchitecture`` of the grid entries that carry a ``key``."""
+    out: dict[str, GridArchitecture] = {}
+    for i, entry in enumerate(grid.get("architectures") or ()):
+        key = entry.get("key")
+        if key is None:
+            continue
+        if key in out:
+            raise InvalidParameterError(f"{GRID}: key {key!r} is used twice (entry {i})")
+        datasets = entry.get("datasets")
+        out[key] = GridArchitecture(
+            key=str(key),
+            name=str(entry["name"]),
+            config=dict(entry.get("config") or {}),
+            datasets=tuple(datasets) if datasets else None,
+        )
+    return out
+
+
+def _references(settings: FusionSettings) -> list[tuple[str, str, str]]:
+    """``(dotted parameter, architecture key, dataset)`` of every reference."""
+    refs = []
+    for i, e in enumerate(settings.experiments):
+        for role in ("deep", "shallow"):
+            refs.append((f"fusion.settings.experiments[{i}].{role}", getattr(e, role), e.dataset))
+    if settings.kd.enabled:
+        for role in ("teacher", "student"):
+            refs.append(
+                (f"fusion.settings.kd.{role}", getattr(settings.kd, role), settings.kd.dataset)
+            )
+    return refs
+
+
+def resolve_architectures(
+    settings: FusionSettings, grid: Mapping[str, Any]
+) -> dict[str, GridArchitecture]:
+    """The grid architectures the settings reference, checked.
+
+    Raises
+    ------
+    InvalidParameterError
+        A key no grid entry carries, or a dataset the entry does not train on.
+    """
+    archs = grid_architectures(grid)
+    for where, key, dataset in _references(settings):
+        if key not in archs:
+            raise InvalidParameterError(
+                f"{where} = {key!r} names no architecture of {GRID} (keys: {sorted(archs)}); "
+                f"add 'key: {key}' to an entry there (parameters_fusion.yml)"
+            )
+        if archs[key].datasets is not None and dataset not in archs[key].datasets:
+            raise InvalidParameterError(
+                f"{where} = {key!r} is trained on {list(archs[key].datasets)} only, not on "
+                f"{dataset!r}; add the dataset to its 'datasets' in {GRID}"
+            )
+    return {key: archs[key] for _, key, _ in _references(settings)}
