@@ -46,3 +46,17 @@ def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     """Largest absolute difference between two models' eval-mode outputs on ``x``."""
     return (eval_outputs(a, x) - eval_outputs(b, x)).abs().max().item()
+
+
+def merged_params(env: str) -> dict:
+    """Every parameter as ``kedro run --env <env>`` sees it (conf/base soft-merged with
+    the environment's overrides, as ``settings.py`` configures the loader)."""
+    from kedro.config import OmegaConfigLoader
+
+    loader = OmegaConfigLoader(
+        conf_source=str(ROOT / "conf"),
+        base_env="base",
+        default_run_env=env,
+        merge_strategy={"parameters": "soft"},
+    )
+    return loader["parameters"]

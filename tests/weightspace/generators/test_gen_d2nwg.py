@@ -26,12 +26,19 @@ from weightspace.generators.d2nwg import (
 from weightspace.weights import ParameterSpec, WeightSet
 
 T, K, D, PER_TASK = 8, 4, 16, 6
-CFG = D2NWGConfig(
-    latent_dim=4, vae_hidden=64, vae_epochs=150, enc_dim=32, enc_out=32, enc_inducing=4,
-    align_epochs=15, align_batch_size=16, cond_dim=32, timesteps=200, den_width=64,
-    den_depth=2, diff_steps=600, diff_batch_size=32, sets_per_task=8, sample_steps=25,
-    shots=4,
-)  # fmt: skip
+CFG = D2NWGConfig.from_dict(
+    {
+        "vae": {"latent_dim": 4, "hidden": 64},
+        "encoder": {"dim": 32, "out_dim": 32, "n_inducing": 4},
+        "denoiser": {"width": 64, "depth": 2, "cond_dim": 32},
+        "vae_training": {"epochs": 150},
+        "align": {"epochs": 15, "batch_size": 16},
+        "diffusion": {"timesteps": 200, "steps": 600, "batch_size": 32},
+        "sampling": {"steps": 25},
+        "sets_per_task": 8,
+        "shots": 4,
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +140,24 @@ def test_nan_in_sampled_weights_is_reported(problem):
     chunks[1, 0, 0] = float("nan")
     with pytest.raises(NonFiniteWeightsError, match="model 1"):
         ws.decode(chunks)
+
+
+def test_config_composes_module_configs_and_names_unknown_keys():
+    cfg = D2NWGConfig()
+    # The defaults that the flat config of earlier releases had.
+    assert (cfg.vae.latent_dim, cfg.vae.beta, cfg.encoder.n_inducing) == (8, 1e-4, 8)
+    assert (cfg.denoiser.cond_dim, cfg.diffusion.steps, cfg.sampling.steps) == (64, 3000, 50)
+    assert D2NWGConfig.from_dict(CFG.to_dict()) == CFG
+    with pytest.raises(InvalidParameterError, match=r"'d2nwg\.vae\.latnet_dim'"):
+        D2NWGConfig.from_dict({"vae": {"latnet_dim": 4}})
+    with pytest.raises(InvalidParameterError, match=r"'d2nwg\.diffusion\.steps' must be a int"):
+        D2NWGConfig.from_dict({"diffusion": {"steps": "many"}})
+
+
+def test_generator_fills_data_sizes_into_module_configs(problem):
+    _, ws, _, _ = problem
+    model = D2NWG(CFG, ws.layout, D, K, seed=0)
+    c = model.config
+    assert (c.vae.chunk_size, c.vae.n_chunks) == (ws.layout.chunk_size, ws.layout.num_chunks)
+    assert (c.encoder.feature_dim, c.encoder.max_classes) == (D, K)
+    assert (c.denoiser.n_chunks, c.denoiser.latent_dim) == (ws.layout.num_chunks, 4)
