@@ -20,6 +20,7 @@ from weightspace.zoo import Zoo
 pytestmark = pytest.mark.slow
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
+GOLDEN = Path(__file__).parent / "pipelines"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,17 @@ def test_kedro_run_env_test_d2nwg(project):
     assert metrics["networks_zoo_mean_acc"] > 0.5  # 2 epochs already beat chance (0.1)
     assert (project / "data/08_reporting/d2nwg/networks_accuracy.png").stat().st_size > 5_000
     assert (project / "data/06_models/d2nwg/networks_generator.safetensors").exists()
-    assert Zoo.load(project / "data/03_primary/d2nwg_networks").verify() == ([], [])
+    for zoo in ("zoo_d2nwg_backbones", "zoo_d2nwg_heads", "zoo_d2nwg_networks"):
+        assert Zoo.load(project / "data/03_primary" / zoo).verify() == ([], [])
+    # Golden metrics of --env test (CPU, deterministic): every untimed number within a
+    # tolerance that one flipped prediction of these tiny test sets cannot exceed.
+    golden = json.loads((GOLDEN / "d2nwg" / "golden_metrics_test.json").read_text())
+    off = {
+        k: (metrics.get(k), v)
+        for k, v in golden.items()
+        if k not in metrics or abs(metrics[k] - v) > 0.03 + 0.05 * abs(v)
+    }
+    assert not off, off
 
 
 FUSION_KEYS = [
