@@ -23,67 +23,111 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from weightspace.config import from_mapping
 from weightspace.data.tasks import TaskSpec, sample_class_subsets
 from weightspace.errors import EmptyZooError, InvalidParameterError
 from weightspace.zoo.spec import MemberSpec, TrainConfig
 
-_TASK_KEYS = {"dataset", "classes", "subsets", "transforms"}
+
+@dataclass(frozen=True)
+class SubsetEntry:
+    """``count`` sampled ``k``-way class subsets (``exclude``: classes never drawn)."""
+
+    k: int
+    count: int
+    seed: int = 0
+    exclude: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransformEntry:
+    """An input transform of a task (see :mod:`weightspace.data.transforms`)."""
+
+    name: str
+    param: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task entry of the grid: a dataset, its classes, its transforms."""
+
+    dataset: str
+    classes: tuple[int, ...] | None = None
+    subsets: SubsetEntry | None = None
+    transforms: tuple[TransformEntry, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    """One architecture of the grid (``datasets``: only these; ``key``: a short name
+    other parameter blocks use to refer to it; neither enters member ids)."""
+
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)
+    datasets: tuple[str, ...] | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class ZooGrid:
+    """A whole grid; ``seeds`` is ``n`` (seeds ``0..n-1``) or a list; ``train`` maps
+    :class:`TrainConfig` fields to a value or a list of values (lists are crossed)."""
+
+    tasks: tuple[TaskEntry, ...]
+    architectures: tuple[ArchEntry, ...]
+    seeds: Any
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def as_grid(grid: ZooGrid | Mapping[str, Any]) -> ZooGrid:
+    """The typed grid of a ``zoo.grid`` parameters block (unknown keys are errors)."""
+    return grid if isinstance(grid, ZooGrid) else from_mapping(ZooGrid, grid, "grid")
+
+
+def _class_sets(i: int, entry: TaskEntry, n: int) -> list[tuple[int, ...] | None]:
+    if entry.classes is not None and entry.subsets is not None:
+        raise InvalidParameterError(f"zoo task entry {i}: give 'classes' or 'subsets', not both")
+    if entry.classes is not None:
+        return [tuple(entry.classes)]
+    if entry.subsets is not None:
+        sub = entry.subsets
+        return list(sample_class_subsets(n, sub.k, sub.count, seed=sub.seed, exclude=sub.exclude))
+    return [None]
 
 
 def expand_tasks(
-    entries: Sequence[Mapping[str, Any]], n_classes: Mapping[str, int]
+    entries: Sequence[TaskEntry | Mapping[str, Any]], n_classes: Mapping[str, int]
 ) -> list[TaskSpec]:
     """TaskSpecs of the grid's task entries, duplicates removed, order kept.
 
     Parameters
     ----------
-    entries : sequence of mapping
+    entries : sequence of TaskEntry (or mappings of its fields)
         Task entries (see the module docstring).
     n_classes : mapping dataset name -> number of classes
         Needed to sample class subsets.
     """
     tasks: list[TaskSpec] = []
-    for i, entry in enumerate(entries):
-        unknown = set(entry) - _TASK_KEYS
-        if unknown or "dataset" not in entry:
+    for i, raw in enumerate(entries):
+        entry = raw if isinstance(raw, TaskEntry) else from_mapping(TaskEntry, raw, f"tasks[{i}]")
+        if entry.dataset not in n_classes:
             raise InvalidParameterError(
-                f"zoo task entry {i} {dict(entry)!r}: needs 'dataset' and only the keys "
-                f"{sorted(_TASK_KEYS)} (unknown: {sorted(unknown)})"
+                f"zoo task entry {i} uses dataset {entry.dataset!r}, which the zoo did not "
+                f"load; loaded: {sorted(n_classes)}"
             )
-        name = entry["dataset"]
-        if name not in n_classes:
-            raise InvalidParameterError(
-                f"zoo task entry {i} uses dataset {name!r}, which the zoo did not load; "
-                f"loaded: {sorted(n_classes)}"
-            )
-        class_sets: list[tuple[int, ...] | None] = [None]
-        if "classes" in entry and "subsets" in entry:
-            raise InvalidParameterError(
-                f"zoo task entry {i}: give 'classes' or 'subsets', not both"
-            )
-        if "classes" in entry:
-            class_sets = [tuple(int(c) for c in entry["classes"])]
-        if "subsets" in entry:
-            sub = dict(entry["subsets"])
-            class_sets = list(
-                sample_class_subsets(
-                    n_classes[name],
-                    int(sub["k"]),
-                    int(sub["count"]),
-                    seed=int(sub.get("seed", 0)),
-                    exclude=tuple(sub.get("exclude", ())),
-                )
-            )
-        transforms: list[Mapping[str, Any] | None] = list(entry.get("transforms") or [None])
+        class_sets = _class_sets(i, entry, n_classes[entry.dataset])
+        transforms: list[TransformEntry | None] = list(entry.transforms or [None])
         for classes, tf in itertools.product(class_sets, transforms):
             spec = TaskSpec(
-                dataset=name,
+                dataset=entry.dataset,
                 classes=classes,
-                transform=None if tf is None else str(tf["name"]),
-                transform_param=0.0 if tf is None else float(tf.get("param", 0.0)),
-                transform_seed=0 if tf is None else int(tf.get("seed", 0)),
+                transform=None if tf is None else tf.name,
+                transform_param=0.0 if tf is None else tf.param,
+                transform_seed=0 if tf is None else tf.seed,
             )
             if spec not in tasks:
                 tasks.append(spec)
@@ -122,43 +166,33 @@ def expand_seeds(seeds: int | Sequence[int]) -> list[int]:
 
 
 def expand_grid(
-    grid: Mapping[str, Any], n_classes: Mapping[str, int], data_seed: int = 0
+    grid: ZooGrid | Mapping[str, Any], n_classes: Mapping[str, int], data_seed: int = 0
 ) -> list[MemberSpec]:
     """All members of a grid: architectures x tasks x seeds x training configs."""
-    for key in ("tasks", "architectures", "seeds"):
-        if key not in grid:
-            raise InvalidParameterError(f"the zoo grid needs a '{key}' entry")
-    tasks = expand_tasks(grid["tasks"], n_classes)
-    archs = list(grid["architectures"])
-    if not archs:
+    g = as_grid(grid)
+    tasks = expand_tasks(g.tasks, n_classes)
+    if not g.architectures:
         raise EmptyZooError("the zoo grid has no architectures; add entries under 'architectures'")
-    for i, a in enumerate(archs):
-        unknown = set(a) - {"name", "config", "datasets", "key"}
-        if unknown or "name" not in a:
-            raise InvalidParameterError(
-                f"zoo architecture entry {i} {dict(a)!r}: needs 'name' and only the keys "
-                f"['config', 'datasets', 'key', 'name'] (unknown: {sorted(unknown)})"
-            )
-        missing = sorted(set(a.get("datasets") or ()) - set(n_classes))
+    for i, a in enumerate(g.architectures):
+        missing = sorted(set(a.datasets or ()) - set(n_classes))
         if missing:
             raise InvalidParameterError(
                 f"zoo architecture entry {i} names datasets {missing} that the zoo did not "
                 f"load; loaded: {sorted(n_classes)}"
             )
-    trains = expand_train_configs(grid.get("train", {}))
-    members = [
+    trains = expand_train_configs(g.train)
+    return [
         MemberSpec(
-            arch=str(a["name"]),
-            arch_config=dict(a.get("config") or {}),
+            arch=a.name,
+            arch_config=dict(a.config or {}),
             task=task,
             seed=seed,
             train=train,
             data_seed=data_seed,
         )
-        for a in archs
+        for a in g.architectures
         for task in tasks
-        if not a.get("datasets") or task.dataset in a["datasets"]
-        for seed in expand_seeds(grid["seeds"])
+        if not a.datasets or task.dataset in a.datasets
+        for seed in expand_seeds(g.seeds)
         for train in trains
     ]
-    return members

@@ -200,7 +200,7 @@ def test_expand_grid_architecture_datasets_restrict_tasks():
     [
         ({"name": "mlp", "datasets": ["cifar10"]}, "did not load"),
         ({"name": "mlp", "tasks": ["digits"]}, "unknown"),
-        ({"config": {"hidden": [8]}}, "needs 'name'"),
+        ({"config": {"hidden": [8]}}, "'name'"),
     ],
 )
 def test_expand_grid_architecture_entry_errors(arch, match):
