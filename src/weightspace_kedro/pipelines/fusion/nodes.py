@@ -18,15 +18,11 @@ from weightspace.evaluation import fusion_protocol as fp
 from weightspace.evaluation.fusion_scores import CostScores, FinetuneScores, TeacherStudentScores
 from weightspace.reporting import fusion_report as fr
 from weightspace.zoo import Zoo
-from weightspace_kedro.pipelines.fusion.settings import (
-    GRID,
-    FusionSettings,
-    GridArchitecture,
-    resolve_architectures,
-)
+from weightspace.zoo.grid import ArchEntry
+from weightspace_kedro.pipelines.fusion.settings import GRID, FusionSettings, resolve_architectures
 from weightspace_kedro.typed import typed_settings
 
-Archs = dict[str, GridArchitecture]
+Archs = dict[str, ArchEntry]
 
 
 def build_settings(params: dict[str, Any], grid: dict[str, Any]) -> tuple[FusionSettings, Archs]:
@@ -39,7 +35,7 @@ def _canonical(config: Any) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
-def _members(zoo: Zoo, dataset: str, arch: GridArchitecture) -> list[torch.nn.Module]:
+def _members(zoo: Zoo, dataset: str, arch: ArchEntry) -> list[torch.nn.Module]:
     """The final checkpoints of one grid architecture on ``dataset``, ordered by seed."""
     index = zoo.index[zoo.index["is_final"].astype(bool)]
     same = index["arch_config"].map(lambda c: _canonical(json.loads(c))) == _canonical(arch.config)

@@ -27,6 +27,7 @@ from weightspace.evaluation.fusion_protocol import (
     TeacherStudentConfig,
 )
 from weightspace.fusion import CLAFusionConfig, OTFusionConfig
+from weightspace.zoo.grid import ArchEntry, as_grid
 
 GRID = "zoo_fusion.grid.architectures"
 """Where the architectures the settings reference are defined."""
@@ -125,32 +126,12 @@ class FusionSettings:
         return exp.finetune.apply(self.finetune)
 
 
-@dataclass(frozen=True)
-class GridArchitecture:
-    """A keyed entry of the zoo grid: the registry name, its config, its datasets."""
-
-    key: str
-    name: str
-    config: dict[str, Any]
-    datasets: tuple[str, ...] | None = None
-
-
-def grid_architectures(grid: Mapping[str, Any]) -> dict[str, GridArchitecture]:
-    """``key -> GridArchitecture`` of the grid entries that carry a ``key``."""
-    out: dict[str, GridArchitecture] = {}
-    for i, entry in enumerate(grid.get("architectures") or ()):
-        key = entry.get("key")
-        if key is None:
-            continue
-        if key in out:
-            raise InvalidParameterError(f"{GRID}: key {key!r} is used twice (entry {i})")
-        datasets = entry.get("datasets")
-        out[key] = GridArchitecture(
-            key=str(key),
-            name=str(entry["name"]),
-            config=dict(entry.get("config") or {}),
-            datasets=tuple(datasets) if datasets else None,
-        )
+def grid_architectures(grid: Mapping[str, Any]) -> dict[str, ArchEntry]:
+    """``key -> ArchEntry`` of the zoo grid's entries that carry a ``key``."""
+    out: dict[str, ArchEntry] = {}
+    for i, entry in enumerate(as_grid(grid).architectures):
+        if entry.key is not None and out.setdefault(entry.key, entry) is not entry:
+            raise InvalidParameterError(f"{GRID}: key {entry.key!r} is used twice (entry {i})")
     return out
 
 
@@ -170,7 +151,7 @@ def _references(settings: FusionSettings) -> list[tuple[str, str, str]]:
 
 def resolve_architectures(
     settings: FusionSettings, grid: Mapping[str, Any]
-) -> dict[str, GridArchitecture]:
+) -> dict[str, ArchEntry]:
     """The grid architectures the settings reference, checked.
 
     Raises
