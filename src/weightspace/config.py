@@ -57,8 +57,11 @@ def _scalar(tp: type, value: Any, path: str) -> Any:
     return float(value) if tp is float else value
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """``value`` as type ``tp`` (nested dataclasses, tuples, scalars; others as given)."""
+def _convert(tp: Any, value: Any, path: str, base: Any = None) -> Any:
+    """``value`` as type ``tp`` (nested dataclasses, tuples, scalars; others as given).
+
+    ``base`` is the field's default: a nested mapping overrides only the keys it names.
+    """
     inner, optional = _optional_inner(tp)
     if value is None:
         if optional or inner is Any:
@@ -71,7 +74,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise InvalidParameterError(
                 f"'{path}' must be a mapping of {inner.__name__} fields, got {value!r}"
             )
-        return from_mapping(inner, value, path)
+        return from_mapping(inner, value, path, base=base if isinstance(base, inner) else None)
     origin = typing.get_origin(inner)
     if origin is tuple:
         if not isinstance(value, list | tuple):
@@ -84,8 +87,23 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     return value
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def from_mapping(
+    cls: type[T], data: Mapping[str, Any] | None, path: str = "", base: T | None = None
+) -> T:
     """Build the frozen dataclass ``cls`` from ``data``; unknown keys are an error.
+
+    Keys that ``data`` leaves out keep their default — the owner's default: a nested
+    config whose owner declares ``vae: ChunkVAEConfig = field(default_factory=lambda:
+    ChunkVAEConfig(beta=1e-4))`` keeps ``beta=1e-4`` when ``data`` sets only
+    ``vae.latent_dim``.
 
     Parameters
     ----------
@@ -94,6 +112,8 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -
         ``None`` or ``{}`` gives ``cls()`` (every default).
     path : str
         Dotted location of ``data`` in the user's parameters, used in error messages.
+    base : cls, optional
+        The instance whose values ``data`` overrides (else the field defaults).
 
     Raises
     ------
@@ -112,7 +132,15 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -
             f"unknown key {names} for {cls.__name__}; allowed keys: {sorted(fields)}"
         )
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _convert(hints[k], v, _join(path, k)) for k, v in data.items()}
+    kwargs = {
+        k: _convert(
+            hints[k], v, _join(path, k),
+            getattr(base, k) if base is not None else _default(fields[k]),
+        )
+        for k, v in data.items()
+    }  # fmt: skip
+    if base is not None:
+        kwargs = {**{k: getattr(base, k) for k in fields}, **kwargs}
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
