@@ -55,7 +55,7 @@ from weightspace.fusion.otfusion import otfusion, vanilla_average
 from weightspace.weights.stacking import stack_state_dicts
 from weightspace.zoo.evaluate import ensemble_accuracy, module_accuracy
 from weightspace.zoo.finetune import FinetuneResult, finetune_stack
-from weightspace.zoo.init import init_stack
+from weightspace.zoo.init import reinitialized
 from weightspace.zoo.optim import OPTIMIZERS
 from weightspace.zoo.reference import train_one
 
@@ -328,11 +328,11 @@ def distil_pair(
     depth, then the KD sweep from each initialisation (:data:`KD_INITS`)."""
     result = clafusion([teacher, student], dataset.train.x, cla, target=1)
     inits = {
-        "random_b": _reinit(student, seed=10_000 + seed),
+        "random_b": reinitialized(student, seed=10_000 + seed),
         "pretrained_b": student,
         "depth_aligned_b": result.depth_aligned[1],
         "fused": result.fused,
-        "random_fused": _reinit(result.fused, seed=20_000 + seed),
+        "random_fused": reinitialized(result.fused, seed=20_000 + seed),
     }
     out = {
         "teacher_acc": module_accuracy(teacher, dataset.test),
@@ -384,11 +384,3 @@ def teacher_student(
 
 def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _reinit(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``model`` with freshly initialised parameters (seeded)."""
-    fresh = copy.deepcopy(model)
-    state = init_stack(fresh, torch.tensor([seed]), torch.ones(1))
-    fresh.load_state_dict({k: v[0] for k, v in state.items()}, strict=False)
-    return fresh

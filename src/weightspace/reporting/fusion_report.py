@@ -30,6 +30,7 @@ from weightspace.evaluation.fusion_scores import (
     PairScores,
     TeacherStudentScores,
 )
+from weightspace.reporting.markdown import markdown_table, pct, seconds_table
 
 PAIR_METRICS = tuple(f.name for f in dataclasses.fields(PairScores) if f.name != "mapping")
 """One-shot keys: means over pairs of every numeric :class:`PairScores` field."""
@@ -61,21 +62,11 @@ KD_INITS = [
 ]
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def table1(experiments: Mapping[str, Mapping[str, float]]) -> str:
     """Table 1: parents, ensemble, one-shot fused, and fine-tuning from each init (%)."""
     header = ["experiment"] + [c for _, c in TABLE1_COLUMNS]
-    rows = [[name] + [_pct(m.get(k)) for k, _ in TABLE1_COLUMNS] for name, m in experiments.items()]
-    return _markdown(header, rows)
+    rows = [[name] + [pct(m.get(k)) for k, _ in TABLE1_COLUMNS] for name, m in experiments.items()]
+    return markdown_table(header, rows)
 
 
 def baseline_table(experiments: Mapping[str, Mapping[str, float]]) -> str:
@@ -83,13 +74,13 @@ def baseline_table(experiments: Mapping[str, Mapping[str, float]]) -> str:
     header = ["experiment"] + [c for _, c in BASELINE_COLUMNS]
     rows = []
     for name, m in experiments.items():
-        cells = [_pct(m.get(k)) for k, _ in BASELINE_COLUMNS[:3]]
+        cells = [pct(m.get(k)) for k, _ in BASELINE_COLUMNS[:3]]
         cells.append(f"{m.get('fusion_seconds', float('nan')):.3f}")
         ratio = m.get("fusion_cost_ratio", float("nan"))
         bound = "" if m.get("fusion_cost_reached", 1.0) else ">= "
         cells.append(f"{bound}{ratio:.0f}x")
         rows.append([name, *cells])
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def table2(k_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
@@ -98,12 +89,12 @@ def table2(k_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     rows = []
     for name, rs in k_rows.items():
         for r in rs:
-            members = ", ".join(_pct(a) for a in r["member_accs"])
+            members = ", ".join(pct(a) for a in r["member_accs"])
             rows.append(
-                [name, str(r["k"]), members, _pct(r["ensemble_acc"]), _pct(r["fused_acc"]),
-                 _pct(r.get("finetuned_acc"))]
+                [name, str(r["k"]), members, pct(r["ensemble_acc"]), pct(r["fused_acc"]),
+                 pct(r.get("finetuned_acc"))]
             )  # fmt: skip
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def table4(experiments: Mapping[str, Mapping[str, float]]) -> str:
@@ -119,10 +110,10 @@ def table4(experiments: Mapping[str, Mapping[str, float]]) -> str:
             for k in ("n_params_teacher", "n_params_student", "n_params_fused_student")
         )
         rows.append(
-            [name, sizes, _pct(m.get("teacher_acc")), _pct(m.get("kd_pretrained_b_student_acc")),
-             _pct(m["fused_student_oneshot_acc"])]
+            [name, sizes, pct(m.get("teacher_acc")), pct(m.get("kd_pretrained_b_student_acc")),
+             pct(m["fused_student_oneshot_acc"])]
         )  # fmt: skip
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def table5(experiments: Mapping[str, Mapping[str, float]]) -> str:
@@ -133,8 +124,8 @@ def table5(experiments: Mapping[str, Mapping[str, float]]) -> str:
         if "kd_fused_best_acc" not in m:
             continue
         for row, suffix in (("Best", "best"), ("Average over T", "mean")):
-            rows.append([name, row] + [_pct(m.get(f"kd_{k}_{suffix}_acc")) for k, _ in KD_INITS])
-    return _markdown(header, rows)
+            rows.append([name, row] + [pct(m.get(f"kd_{k}_{suffix}_acc")) for k, _ in KD_INITS])
+    return markdown_table(header, rows)
 
 
 def k_figure(k_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
@@ -232,12 +223,6 @@ def flat_metrics(
             metrics[f"{name}.k{r['k']}_fused_acc"] = r["fused_acc"]
             metrics[f"{name}.k{r['k']}_ensemble_acc"] = r["ensemble_acc"]
     return metrics
-
-
-def seconds_table(node_seconds: Mapping[str, float]) -> str:
-    """Wall time of each pipeline stage (recorded by the project hook)."""
-    rows = [[name, f"{s:.1f}"] for name, s in node_seconds.items()]
-    return _markdown(["stage", "seconds"], rows or [["-", "-"]])
 
 
 def markdown_tables(

@@ -11,6 +11,7 @@ hyper-parameter (Schürholt et al. 2022, model zoos).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -87,3 +88,15 @@ def init_stack(
             )
         out[name] = value.reshape(len(seeds), *shape).to(ref.dtype)
     return out
+
+
+def reinitialized(model: nn.Module, seed: int, init_scale: float = 1.0) -> nn.Module:
+    """A deep copy of ``model`` with parameters and float buffers freshly initialised.
+
+    The initialisation is the zoo's (:func:`init_stack` with one seed), so a seed here and
+    the same seed in a zoo give the same starting weights.
+    """
+    fresh = copy.deepcopy(model)
+    state = init_stack(fresh, torch.tensor([int(seed)]), float(init_scale))
+    fresh.load_state_dict({k: v[0] for k, v in state.items()}, strict=False)
+    return fresh

@@ -136,6 +136,19 @@ class Zoo:
         checkpoint.load_state_strict(module, self.state(model_id), source=f"model {model_id}")
         return module.eval()
 
+    def final_modules(self, task: str, arch: str, config: Mapping[str, object]) -> list[nn.Module]:
+        """Final checkpoints of one architecture (name and config) on ``task``, by seed.
+
+        Returns ``[]`` when the zoo has none; the caller says which grid entry is missing.
+        """
+        index = self.index[self.index["is_final"].astype(bool)]
+        want = json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
+        same = index["arch_config"].map(
+            lambda c: json.dumps(json.loads(c), sort_keys=True, separators=(",", ":")) == want
+        )
+        rows = index[(index["task"] == task) & (index["arch"] == arch) & same]
+        return [self.module(m) for m in rows.sort_values("seed")["model_id"]]
+
     def stack(self, model_ids: Iterable[str]) -> dict[str, torch.Tensor]:
         """Stacked float tensors ``(B, *shape)`` of same-architecture models."""
         ids = list(model_ids)

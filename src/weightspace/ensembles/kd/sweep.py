@@ -31,8 +31,9 @@ from weightspace.ensembles.kd.config import (
     _check_student,
     _eval_batch_size,
 )
+from weightspace.ensembles.kd.loop import split_accuracy
 from weightspace.ensembles.kd.loss import _check_alpha, _check_temperature, teacher_probs
-from weightspace.ensembles.kd.trainer import _distill_with_probs, _split_accuracy
+from weightspace.ensembles.kd.trainer import _distill_with_probs
 from weightspace.errors import InvalidParameterError
 
 __all__ = ["kd_sweep"]
@@ -81,7 +82,7 @@ def _sweep_alphas(
             "temperature": temperature,
             "alpha": alpha,
             "val_accuracy": res.history["val_accuracy"][res.best_epoch],
-            "test_accuracy": _split_accuracy(res.model, test, _eval_batch_size(config)),
+            "test_accuracy": split_accuracy(res.model, res.model, test),
             "best_epoch": res.best_epoch,
         }
         logger.info(

@@ -31,21 +31,15 @@ def build_settings(params: dict[str, Any], grid: dict[str, Any]) -> tuple[Fusion
     return settings, resolve_architectures(settings, grid)
 
 
-def _canonical(config: Any) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"))
-
-
 def _members(zoo: Zoo, dataset: str, arch: ArchEntry) -> list[torch.nn.Module]:
     """The final checkpoints of one grid architecture on ``dataset``, ordered by seed."""
-    index = zoo.index[zoo.index["is_final"].astype(bool)]
-    same = index["arch_config"].map(lambda c: _canonical(json.loads(c))) == _canonical(arch.config)
-    rows = index[(index["task"] == dataset) & (index["arch"] == arch.name) & same]
-    if rows.empty:
+    members = zoo.final_modules(dataset, arch.name, arch.config)
+    if not members:
         raise EmptyZooError(
-            f"the fusion zoo has no {arch.key!r} ({arch.name} {_canonical(arch.config)}) "
+            f"the fusion zoo has no {arch.key!r} ({arch.name} {json.dumps(arch.config)}) "
             f"models on {dataset!r}; train the zoo with that entry of {GRID}"
         )
-    return [zoo.module(m) for m in rows.sort_values("seed")["model_id"]]
+    return members
 
 
 def collect_parents(
