@@ -144,7 +144,23 @@ def test_kedro_run_env_test_fusion(project):
     assert Zoo.load(project / "data/03_primary/zoo_fusion").verify() == ([], [])
 
 
+def test_kedro_run_env_test_distill(project):
+    _kedro(project, "run", "--env", "test", "--pipeline", "distill")
+    out = project / "data/08_reporting/distill"
+    metrics = json.loads((out / "metrics.json").read_text())
+    methods = ["de", "single", "kd", "be", "latentbe", "latentbe_ods", "latentbe_confods",
+               "latentbe_tdiv_sdiv"]  # fmt: skip
+    keys = [f"{m}_{k}" for m in methods for k in ("acc", "nll", "ece", "cnll", "cece")]
+    keys += [f"{m}_inference_seconds_per_example" for m in ("de", "be", "latentbe")]
+    assert not [k for k in [*keys, "latentbe_be_agreement"] if k not in metrics]
+    assert all(0.0 <= metrics[f"{m}_acc"] <= 1.0 for m in methods)
+    assert "| KD + LatentBE |" in (out / "tables.md").read_text()
+    assert (out / "reliability.png").stat().st_size > 5_000
+    assert (project / "data/06_models/distill/latentbe_students.safetensors").exists()
+    assert Zoo.load(project / "data/03_primary/zoo_distill").verify() == ([], [])
+
+
 def test_registry_lists_pipelines(project):
     out = _kedro(project, "registry", "list").stdout
-    for name in ("zoo", "vectorize", "d2nwg", "fusion", "__default__"):
+    for name in ("zoo", "vectorize", "d2nwg", "fusion", "distill", "__default__"):
         assert f"- {name}" in out

@@ -1,0 +1,5 @@
+"""Ensemble distillation: ``kedro run --pipeline=distill`` (KD, BatchEnsemble, LatentBE)."""
+
+from weightspace_kedro.pipelines.distill.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
