@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.checks import positive_number
 from weightspace.ensembles.batchensemble import BatchEnsemble
 from weightspace.errors import InvalidParameterError, ShapeError
 
@@ -59,17 +60,12 @@ __all__ = ["conf_ods", "normalized_step", "ods", "tdiv_sdiv"]
 # --------------------------------------------------------------------------- validation
 def _check_step(step: object) -> float:
     """Return ``step`` as a float if it is a finite number ``> 0``, else raise."""
-    if (
-        isinstance(step, bool)
-        or not isinstance(step, int | float)
-        or not math.isfinite(step)
-        or step <= 0
-    ):
-        raise InvalidParameterError(
-            f"step must be a finite number > 0, got {step!r}; the perturbation moves each "
-            "example by step * sqrt(D) in L2 norm, e.g. step = 1/255 for inputs in [0, 1]"
-        )
-    return float(step)
+    return positive_number(
+        "step",
+        step,
+        "the perturbation moves each example by step * sqrt(D) in L2 norm, e.g. step = "
+        "1/255 for inputs in [0, 1]",
+    )
 
 
 def _check_clip(clip: object) -> tuple[float, float] | None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.checks import positive_number
 from weightspace.device import module_device
 from weightspace.errors import InvalidParameterError, ShapeError
 
@@ -34,17 +35,9 @@ __all__ = ["kd_loss", "teacher_probs"]
 
 def _check_temperature(temperature: object) -> float:
     """Return ``temperature`` as a float if it is a finite number ``> 0``, else raise."""
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise InvalidParameterError(
-            f"temperature must be a finite number > 0, got {temperature!r}; "
-            "T = 1 is the plain softmax, Hinton et al. use T in [1, 20]"
-        )
-    return float(temperature)
+    return positive_number(
+        "temperature", temperature, "T = 1 is the plain softmax, Hinton et al. use T in [1, 20]"
+    )
 
 
 def _check_alpha(alpha: object) -> float:

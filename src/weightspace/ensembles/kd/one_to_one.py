@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from weightspace.checks import positive_number
 from weightspace.data.base import Split
 from weightspace.ensembles import perturb
 from weightspace.ensembles.batchensemble import BatchEnsemble
@@ -88,16 +88,8 @@ class PerturbConfig:
             raise InvalidParameterError(
                 f"perturbation kind must be one of {list(PERTURBATIONS)}, got {self.kind!r}"
             )
-        if (
-            isinstance(self.step, bool)
-            or not isinstance(self.step, int | float)
-            or not math.isfinite(self.step)
-            or self.step <= 0
-        ):
-            raise InvalidParameterError(
-                f"perturbation step must be a finite number > 0, got {self.step!r}; "
-                "1/255 is the authors' step for images in [0, 1]"
-            )
+        hint = "1/255 is the authors' step for images in [0, 1]"
+        positive_number("perturbation step", self.step, hint)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidParameterError(
                 f"perturbation seed must be an integer >= 0, got {self.seed!r}"
