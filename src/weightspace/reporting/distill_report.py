@@ -203,7 +203,10 @@ def reliability_figure(scores: DistillScores) -> Figure:
     fig = Figure(figsize=(4.0 * max(len(items), 1), 4.2), layout="constrained")
     axes = fig.subplots(1, max(len(items), 1), squeeze=False)[0]
     for ax, (name, (probs, labels)) in zip(axes, items, strict=False):
-        reliability_diagram(probs, labels, ax=ax, title=LABELS.get(name, name).format(m=scores.m))
+        label = LABELS.get(name, name).format(m=scores.m)
+        if name.startswith("latentbe_"):  # "+ ODS" alone is a table row, not a title
+            label = f"LatentBE {label}"
+        reliability_diagram(probs, labels, ax=ax, title=label)
     return fig
 
 
