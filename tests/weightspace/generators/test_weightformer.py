@@ -1,0 +1,111 @@
+"""WeightFormer's generator and MLP baseline: gradients reach every parameter, the
+``[cross]`` state carries layer l into layer l + 1, shift consistency is exactly zero for
+identical teachers without cutoff, the MLP baseline starts at the teachers' mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from weightspace.errors import InvalidParameterError, ShapeError
+from weightspace.generators.weight_tokens import TokenLayout, tokenize
+from weightspace.generators.weightformer import (
+    LayerMLP,
+    WeightFormer,
+    WeightFormerConfig,
+    shift_consistency,
+    student_logits,
+    student_state,
+)
+from weightspace.nets.registry import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _teachers(n: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    return [build_model("vgg", {"stages": [[4], [6]]}, (1, 16), 5) for _ in range(n)]
+
+
+def _tokens(teachers) -> list[torch.Tensor]:
+    layout = TokenLayout.from_module(teachers[0])
+    return [t[None] for t in tokenize(layout, [m.state_dict() for m in teachers])]
+
+
+def _config(**kw) -> WeightFormerConfig:
+    return WeightFormerConfig(**{"d_model": 16, "n_heads": 2, "n_blocks": 1, "d_ff": 32, **kw})
+
+
+def test_every_generator_parameter_gets_a_gradient_from_the_data_loss():
+    teachers = _teachers()
+    layout = TokenLayout.from_module(teachers[0])
+    wf = WeightFormer(layout, _config(cutoff=0.25)).train()
+    x, y = torch.randn(8, 1, 16), torch.randint(0, 5, (8,))
+    state = student_state(layout, wf(_tokens(teachers), torch.Generator().manual_seed(0)))
+    loss = torch.nn.functional.cross_entropy(student_logits(teachers[0], state, x), y)
+    loss.backward()
+    for name, p in wf.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    torch.optim.SGD(wf.parameters(), lr=0.1).step()
+
+
+def test_the_cross_state_carries_a_layer_into_the_next():
+    teachers = _teachers()
+    layout = TokenLayout.from_module(teachers[0])
+    tokens = _tokens(teachers)
+    changed = [t.clone() for t in tokens]
+    changed[0] = changed[0] + 0.5  # other teachers' weights in layer 0 only
+    for cross_layer in (True, False):
+        torch.manual_seed(1)
+        wf = WeightFormer(layout, _config(cross_layer=cross_layer)).eval()
+        with torch.no_grad():
+            a, b = wf(tokens), wf(changed)
+        assert not torch.allclose(a[0], b[0])
+        if cross_layer:  # layer 1 sees layer 0 only through the [cross] state
+            assert not torch.allclose(a[1], b[1])
+        else:  # without the flow, later layers cannot see layer 0 at all
+            assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+
+def test_shift_consistency_is_exactly_zero_for_identical_teachers_without_cutoff():
+    one = _teachers(1)[0]
+    layout = TokenLayout.from_module(one)
+    tokens = _tokens([one, one, one])
+    wf = WeightFormer(layout, _config(cutoff=0.0)).train()
+    _, loss = shift_consistency(wf, tokens)
+    assert float(loss.detach()) == 0.0
+    # different teachers (or the cutoff) make it positive
+    _, loss = shift_consistency(wf, _tokens(_teachers()))
+    assert float(loss.detach()) > 0.0
+    wf_cut = WeightFormer(layout, _config(cutoff=0.5)).train()
+    _, loss = shift_consistency(wf_cut, tokens, torch.Generator().manual_seed(0))
+    assert float(loss.detach()) > 0.0
+
+
+def test_the_mlp_baseline_starts_at_the_teachers_mean():
+    teachers = _teachers()
+    layout = TokenLayout.from_module(teachers[0])
+    tokens = _tokens(teachers)
+    out = LayerMLP(layout, 3)(tokens)
+    for o, t in zip(out, tokens, strict=True):
+        torch.testing.assert_close(o, t.mean(dim=1), rtol=1e-6, atol=1e-6)
+    state = student_state(layout, out)
+    mean = {k: torch.stack([m.state_dict()[k] for m in teachers]).mean(0) for k in state}
+    for k in state:
+        torch.testing.assert_close(state[k][0], mean[k], rtol=1e-6, atol=1e-6)
+
+
+def test_bad_input():
+    teachers = _teachers(4)
+    layout = TokenLayout.from_module(teachers[0])
+    wf = WeightFormer(layout, _config(max_teachers=3))
+    with pytest.raises(InvalidParameterError, match="supports 1 to 3 teachers"):
+        wf(_tokens(teachers))
+    with pytest.raises(ShapeError, match="tokens for 3 layers"):
+        wf(_tokens(teachers[:3])[:2])
+    with pytest.raises(InvalidParameterError, match="divisible by n_heads"):
+        _config(d_model=10, n_heads=4)
+    with pytest.raises(InvalidParameterError, match="cutoff must lie in"):
+        _config(cutoff=1.0)
+    with pytest.raises(InvalidParameterError, match="exactly 3 teachers"):
+        LayerMLP(layout, 3)(_tokens(teachers[:2]))
