@@ -109,3 +109,61 @@ def test_bad_input():
         _config(cutoff=1.0)
     with pytest.raises(InvalidParameterError, match="exactly 3 teachers"):
         LayerMLP(layout, 3)(_tokens(teachers[:2]))
+
+
+# ----------------------------------------------------------------------------- training
+def _pool_and_data(n_pool: int = 6):
+    from weightspace.data.embedded import load_mnist1d
+    from weightspace.weights.stacking import stack_state_dicts
+    from weightspace.zoo.reference import train_one
+
+    data = load_mnist1d(seed=0, n_samples=600)
+    teachers = []
+    for seed in range(n_pool):
+        m = build_model("vgg", {"stages": [[4], [6]]}, (1, 40), 10)
+        teachers.append(train_one(m, data.train, seed, 0.01, 0.0, 4, 32).eval())
+    layout = TokenLayout.from_module(teachers[0])
+    return (
+        teachers,
+        layout,
+        stack_state_dicts([t.state_dict() for t in teachers], layout.spec),
+        data,
+    )
+
+
+def test_fit_weightformer_improves_on_its_start_and_is_deterministic():
+    from weightspace.generators.weightformer_training import FitConfig, fit_weightformer
+
+    teachers, layout, pool, data = _pool_and_data()
+    torch.manual_seed(0)
+    wf = WeightFormer(layout, _config(cutoff=0.1))
+    cfg = FitConfig(steps=60, lr=3e-3, batch_size=64, eval_every=20, patience=3, n_val_sets=2)
+    res = fit_weightformer(wf, teachers[0], pool, data.train, data.val, cfg)
+    again = fit_weightformer(wf, teachers[0], pool, data.train, data.val, cfg)
+    assert res.best_val_accuracy > res.history["val_accuracy"][0]
+    assert res.best_val_accuracy == again.best_val_accuracy
+    assert len(res.history["loss"]) == len(again.history["loss"]) <= 60
+    assert all(c >= 0 for c in res.history["consistency"])
+    assert not res.model.training
+
+
+def test_pretraining_moves_the_generator_towards_the_targets():
+    from weightspace.generators.weightformer_training import pretrain_weightformer
+
+    teachers, layout, pool, _ = _pool_and_data(4)
+    torch.manual_seed(0)
+    wf = WeightFormer(layout, _config(cutoff=0.0))
+    sets = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    targets = [teachers[0].state_dict(), teachers[3].state_dict()]
+    tokens = [t[None] for t in tokenize(layout, [teachers[0].state_dict()])]
+
+    def err() -> float:
+        wf.eval()
+        with torch.no_grad():
+            chosen = {k: v[sets[0]] for k, v in pool.items()}
+            out = wf([t[None] for t in tokenize(layout, chosen)])
+        return sum(float((o[0] - t[0]).pow(2).mean()) for o, t in zip(out, tokens, strict=True))
+
+    before = err()
+    pretrain_weightformer(wf, pool, sets, targets, steps=80, lr=3e-3)
+    assert err() < 0.5 * before
