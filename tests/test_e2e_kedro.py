@@ -160,7 +160,18 @@ def test_kedro_run_env_test_distill(project):
     assert Zoo.load(project / "data/03_primary/zoo_distill").verify() == ([], [])
 
 
+def test_kedro_run_env_test_weightformer(project):
+    _kedro(project, "run", "--env", "test", "--pipeline", "weightformer")
+    out = project / "data/08_reporting/weightformer"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for m in ("single", "ensemble", "kd", "mlp", "wf", "wf_star"):
+        assert 0.0 <= metrics[f"{m}_acc"] <= 1.0
+    assert metrics["wf_seconds_per_student"] > 0
+    assert (out / "teacher_number.png").stat().st_size > 5_000
+    assert Zoo.load(project / "data/03_primary/zoo_weightformer").verify() == ([], [])
+
+
 def test_registry_lists_pipelines(project):
     out = _kedro(project, "registry", "list").stdout
-    for name in ("zoo", "vectorize", "d2nwg", "fusion", "distill", "__default__"):
+    for name in ("zoo", "vectorize", "d2nwg", "fusion", "distill", "weightformer", "__default__"):
         assert f"- {name}" in out

@@ -231,8 +231,14 @@ class LayerMLP(nn.Module):
             self.mix.append(mix)
             self.mlp.append(mlp)
 
-    def forward(self, tokens: Sequence[Tensor]) -> list[Tensor]:
-        """``tokens[l]`` (B, T, n_out, w) -> student tokens (B, n_out, w) per layer."""
+    def forward(
+        self, tokens: Sequence[Tensor], generator: torch.Generator | None = None
+    ) -> list[Tensor]:
+        """``tokens[l]`` (B, T, n_out, w) -> student tokens (B, n_out, w) per layer.
+
+        ``generator`` is accepted (and unused) so that the baseline trains with
+        :func:`~weightspace.generators.weightformer_training.fit_weightformer` like WF.
+        """
         n_t = _check_teacher_tokens(self.layout, tokens, self.n_teachers)
         if n_t != self.n_teachers:
             raise InvalidParameterError(

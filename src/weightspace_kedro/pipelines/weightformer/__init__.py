@@ -1,0 +1,5 @@
+"""WeightFormer: ``kedro run --pipeline=weightformer`` (meta-ensemble parameter learning)."""
+
+from weightspace_kedro.pipelines.weightformer.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

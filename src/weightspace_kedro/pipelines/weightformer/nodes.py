@@ -1,0 +1,131 @@
+"""Nodes of the weightformer pipeline: typed settings, the checkpoint split, one node per
+trained generator (WF, the ablations, the MLP baseline, WF*), evaluation, the teacher-number
+curve, report. Each is one call into the library; stage times come from the hook."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from weightspace.data import SplitDataset
+from weightspace.errors import ArchitectureMismatchError, EmptyZooError
+from weightspace.evaluation import weightformer_protocol as wp
+from weightspace.generators.weight_tokens import TokenLayout
+from weightspace.generators.weightformer import LayerMLP, WeightFormer
+from weightspace.generators.weightformer_training import fit_weightformer
+from weightspace.reporting import weightformer_report as wr
+from weightspace.weights.stacking import stack_state_dicts
+from weightspace.zoo import Zoo
+from weightspace_kedro.pipelines.weightformer.settings import WeightFormerSettings
+from weightspace_kedro.typed import typed_settings
+
+Pools = dict[str, Any]
+
+
+def build_settings(params: dict[str, Any]) -> WeightFormerSettings:
+    """``weightformer.settings`` typed (a misspelled key fails here, naming key and file)."""
+    return typed_settings(WeightFormerSettings, params, "weightformer.settings", "weightformer")
+
+
+def split_checkpoints(
+    zoo: Zoo, datasets: dict[str, SplitDataset], settings: WeightFormerSettings
+) -> Pools:
+    """Final checkpoints on the dataset, split by id into training and held-out stacks."""
+    index = zoo.index[zoo.index["is_final"].astype(bool) & (zoo.index["task"] == settings.dataset)]
+    if index.empty:
+        raise EmptyZooError(f"the weightformer zoo has no models on {settings.dataset!r}")
+    if index["arch_key"].nunique() != 1:
+        raise ArchitectureMismatchError(
+            f"the weightformer zoo holds {index['arch_key'].nunique()} architectures on "
+            f"{settings.dataset!r}; WeightFormer's teachers share one (zoo_weightformer.grid)"
+        )
+    train_ids, held_ids = wp.split_pool(
+        list(index["model_id"]), settings.protocol.n_train, settings.protocol.seed
+    )
+    template = zoo.module(train_ids[0])
+    layout = TokenLayout.from_module(template)
+
+    def stack(ids: list[str]) -> dict[str, torch.Tensor]:
+        return stack_state_dicts([zoo.state(m) for m in ids], layout.spec)
+
+    return {
+        "template": template, "layout": layout, "data": datasets[settings.dataset],
+        "train": stack(train_ids), "held": stack(held_ids),
+        "train_ids": train_ids, "held_ids": held_ids,
+    }  # fmt: skip
+
+
+def _fit(pools: Pools, settings: WeightFormerSettings, variant: str = "wf") -> torch.nn.Module:
+    """Train WF (``variant="wf"``), an ablation (``"wf_no_*"``) or the MLP baseline."""
+    cfg, fit = settings.model, settings.protocol.fit
+    if variant == "wf_no_cross":
+        cfg = dataclasses.replace(cfg, cross_layer=False)
+    elif variant == "wf_no_cutoff":
+        cfg = dataclasses.replace(cfg, cutoff=0.0)
+    elif variant in ("wf_no_shift", "mlp"):
+        fit = dataclasses.replace(fit, alpha=0.0)
+    torch.manual_seed(settings.protocol.seed)
+    if variant == "mlp":
+        model = LayerMLP(pools["layout"], fit.n_teachers, settings.protocol.mlp_hidden)
+    else:
+        model = WeightFormer(pools["layout"], cfg)
+    data = pools["data"]
+    return fit_weightformer(
+        model, pools["template"], pools["train"], data.train, data.val, fit
+    ).model
+
+
+def train_wf(pools: Pools, settings: WeightFormerSettings) -> torch.nn.Module:
+    """WeightFormer on the training checkpoints (eq. 4)."""
+    return _fit(pools, settings)
+
+
+def train_ablations(pools: Pools, settings: WeightFormerSettings) -> dict[str, torch.nn.Module]:
+    """Table 4's variants, each trained like WF."""
+    return {f"wf_{a}": _fit(pools, settings, f"wf_{a}") for a in settings.ablations}
+
+
+def train_mlp(pools: Pools, settings: WeightFormerSettings) -> torch.nn.Module:
+    """The MLP baseline, trained on the student loss like WF."""
+    return _fit(pools, settings, "mlp")
+
+
+def finetune_wf_star(
+    wf: torch.nn.Module, pools: Pools, settings: WeightFormerSettings
+) -> torch.nn.Module:
+    """WF*: WF fine-tuned on sets of the held-out checkpoints (Sec. 4.2)."""
+    data = pools["data"]
+    cfg = settings.protocol.finetune
+    return fit_weightformer(wf, pools["template"], pools["held"], data.train, data.val, cfg).model
+
+
+def evaluate(
+    pools: Pools,
+    wf: torch.nn.Module,
+    wf_star: torch.nn.Module,
+    mlp: torch.nn.Module,
+    ablations: dict[str, torch.nn.Module],
+    settings: WeightFormerSettings,
+) -> dict[str, Any]:
+    """Every method on the held-out sets (Table 1, Table 4, cost)."""
+    generators = {"wf": wf, "wf_star": wf_star, "mlp": mlp, **ablations}
+    return wp.evaluate_sets(
+        pools["template"], pools["held"], pools["data"], generators, settings.protocol
+    )
+
+
+def teacher_curve(pools: Pools, wf: torch.nn.Module, settings: WeightFormerSettings) -> dict:
+    """Figure 3 (concatenate and heuristic)."""
+    return wp.teacher_number_curve(
+        wf, pools["template"], pools["held"], pools["data"], settings.protocol
+    )
+
+
+def report(
+    result: dict[str, Any], curve: dict, node_seconds: dict[str, float]
+) -> tuple[dict[str, float], str, Figure]:
+    """metrics.json, tables.md and the teacher-number plot."""
+    return wr.assemble_report(result, curve, node_seconds)

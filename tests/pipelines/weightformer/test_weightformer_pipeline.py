@@ -1,0 +1,68 @@
+"""The weightformer pipeline under SequentialRunner on the ``--env test`` parameters: the
+outputs, the keys the issue asks for, the split by checkpoint id, bad settings failing in
+the first node."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from conftest import ROOT, merged_params
+from weightspace.errors import InvalidParameterError
+from weightspace_kedro.pipelines.weightformer.pipeline import create_pipeline
+
+METHODS = ("single", "ensemble", "kd", "mlp", "wf", "wf_star")
+KEYS = [f"{m}_{k}" for m in METHODS for k in ("acc", "ece", "nll")]
+KEYS += ["wf_seconds_per_student", "kd_seconds_per_student"]
+
+
+def _catalog(params: dict) -> DataCatalog:
+    conf = OmegaConfigLoader(str(ROOT / "conf"), env="base", base_env="base")["catalog"]
+    keep = {k: v for k, v in conf.items() if k.startswith(("weightformer.", "{ns}.", "{default}"))}
+    catalog = DataCatalog.from_config(keep)
+    for block in ("data", "grid", "run"):
+        catalog[f"params:zoo_weightformer.{block}"] = MemoryDataset(
+            params["zoo_weightformer"][block]
+        )
+    catalog["params:weightformer.settings"] = MemoryDataset(params["weightformer"]["settings"])
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weightformer")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        catalog = _catalog(merged_params("test"))
+        SequentialRunner().run(create_pipeline(), catalog)
+        return root, catalog.load("weightformer.metrics")
+
+
+def test_outputs_and_keys(run):
+    root, metrics = run
+    out = root / "data/08_reporting/weightformer"
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "tables.md", "teacher_number.png"}
+    assert not [k for k in KEYS if k not in metrics]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    assert metrics["n_sets"] == 2
+    assert "curve_concatenate_3_acc" in metrics and "curve_heuristic_2_acc" in metrics
+    tables = (out / "tables.md").read_text()
+    assert "| metric | Single | Ensemble | KD | MLP | WF | WF* |" in tables
+    assert "- cross-layer flow" in tables
+
+
+def test_a_bad_setting_fails_in_the_first_node(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = merged_params("test")
+    params["weightformer"]["settings"]["ablations"] = ["no_attention"]
+    with pytest.raises(InvalidParameterError, match="unknown \\['no_attention'\\]"):
+        SequentialRunner().run(create_pipeline(), _catalog(params))
+    params = merged_params("test")
+    params["weightformer"]["settings"]["model"]["max_teachers"] = 2
+    with pytest.raises(InvalidParameterError, match="max_teachers \\(2\\) must be >="):
+        SequentialRunner().run(create_pipeline(), _catalog(params))
+    assert not (tmp_path / "data/03_primary/zoo_weightformer").exists()
