@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from weightspace.checks import positive_number
 from weightspace.ensembles.batchensemble import BatchEnsemble
+from weightspace.ensembles.kd.loss import _as_teacher_list
 from weightspace.errors import InvalidParameterError, ShapeError
 
 __all__ = ["conf_ods", "normalized_step", "ods", "tdiv_sdiv"]
@@ -106,21 +107,8 @@ def _check_x(x: object) -> Tensor:
 
 
 def _check_teachers(teachers: object) -> list[nn.Module]:
-    """A non-empty sequence of modules as a list, else raise."""
-    if isinstance(teachers, nn.Module | str) or not isinstance(teachers, Sequence):
-        raise InvalidParameterError(
-            f"teachers must be a sequence of nn.Module, got {type(teachers).__name__}; "
-            "wrap a single teacher in a list"
-        )
-    out = list(teachers)
-    if not out:
-        raise InvalidParameterError("teachers is empty; pass at least one teacher model")
-    for i, t in enumerate(out):
-        if not isinstance(t, nn.Module):
-            raise InvalidParameterError(
-                f"teachers[{i}] must be an nn.Module, got {type(t).__name__}"
-            )
-    return out
+    """A non-empty sequence of modules as a list, else raise (one check with KD's)."""
+    return _as_teacher_list(teachers, allow_single=False)  # type: ignore[arg-type]
 
 
 def _check_logits(logits: Tensor, batch: int, who: str) -> Tensor:

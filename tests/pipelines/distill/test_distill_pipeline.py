@@ -10,11 +10,9 @@ import math
 from pathlib import Path
 
 import pytest
-from kedro.config import OmegaConfigLoader
-from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from conftest import ROOT, merged_params
+from conftest import merged_params, pipeline_catalog
 from weightspace.errors import InvalidParameterError
 from weightspace_kedro.pipelines.distill.pipeline import create_pipeline
 
@@ -34,15 +32,8 @@ REQUIRED = [
 ]
 
 
-def _catalog(params: dict) -> DataCatalog:
-    """The zoo and distill entries of conf/base/catalog.yml (relative paths) + params."""
-    conf = OmegaConfigLoader(str(ROOT / "conf"), env="base", base_env="base")["catalog"]
-    keep = {k: v for k, v in conf.items() if k.startswith(("distill.", "{ns}.", "{default}"))}
-    catalog = DataCatalog.from_config(keep)
-    for block in ("data", "grid", "run"):
-        catalog[f"params:zoo_distill.{block}"] = MemoryDataset(params["zoo_distill"][block])
-    catalog["params:distill.settings"] = MemoryDataset(params["distill"]["settings"])
-    return catalog
+def _catalog(params: dict):
+    return pipeline_catalog("distill", params)
 
 
 def _is_timing(key: str) -> bool:

@@ -9,11 +9,10 @@ import math
 from pathlib import Path
 
 import pytest
-from fusion_env import ROOT, load_env_params
-from kedro.config import OmegaConfigLoader
-from kedro.io import DataCatalog, MemoryDataset
+from fusion_env import load_env_params
 from kedro.runner import SequentialRunner
 
+from conftest import pipeline_catalog
 from weightspace.errors import InvalidParameterError
 from weightspace_kedro.pipelines.fusion.pipeline import create_pipeline
 
@@ -22,15 +21,8 @@ ACC_TOL = 0.02
 """Absolute tolerance on accuracies (other CPUs round differently); counts are exact."""
 
 
-def _catalog(params: dict) -> DataCatalog:
-    """The zoo and fusion entries of conf/base/catalog.yml (relative paths: cwd) + params."""
-    conf = OmegaConfigLoader(str(ROOT / "conf"), env="base", base_env="base")["catalog"]
-    keep = {k: v for k, v in conf.items() if k.startswith(("fusion.", "{ns}.", "{default}"))}
-    catalog = DataCatalog.from_config(keep)
-    for block in ("data", "grid", "run"):
-        catalog[f"params:zoo_fusion.{block}"] = MemoryDataset(params["zoo_fusion"][block])
-    catalog["params:fusion.settings"] = MemoryDataset(params["fusion"]["settings"])
-    return catalog
+def _catalog(params: dict):
+    return pipeline_catalog("fusion", params)
 
 
 def _is_timing(key: str) -> bool:

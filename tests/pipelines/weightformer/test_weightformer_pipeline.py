@@ -7,11 +7,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from kedro.config import OmegaConfigLoader
-from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from conftest import ROOT, merged_params
+from conftest import merged_params, pipeline_catalog
 from weightspace.errors import InvalidParameterError
 from weightspace_kedro.pipelines.weightformer.pipeline import create_pipeline
 
@@ -20,16 +18,8 @@ KEYS = [f"{m}_{k}" for m in METHODS for k in ("acc", "ece", "nll")]
 KEYS += ["wf_seconds_per_student", "kd_seconds_per_student"]
 
 
-def _catalog(params: dict) -> DataCatalog:
-    conf = OmegaConfigLoader(str(ROOT / "conf"), env="base", base_env="base")["catalog"]
-    keep = {k: v for k, v in conf.items() if k.startswith(("weightformer.", "{ns}.", "{default}"))}
-    catalog = DataCatalog.from_config(keep)
-    for block in ("data", "grid", "run"):
-        catalog[f"params:zoo_weightformer.{block}"] = MemoryDataset(
-            params["zoo_weightformer"][block]
-        )
-    catalog["params:weightformer.settings"] = MemoryDataset(params["weightformer"]["settings"])
-    return catalog
+def _catalog(params: dict):
+    return pipeline_catalog("weightformer", params)
 
 
 @pytest.fixture(scope="module")

@@ -55,13 +55,17 @@ def _check_alpha(alpha: object) -> float:
     return float(alpha)
 
 
-def _as_teacher_list(teachers: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
-    """One teacher or a non-empty sequence of teachers as a list of modules, else raise."""
-    if isinstance(teachers, nn.Module):
+def _as_teacher_list(
+    teachers: nn.Module | Sequence[nn.Module], allow_single: bool = True
+) -> list[nn.Module]:
+    """One teacher (if ``allow_single``) or a non-empty sequence of them as a list, else raise."""
+    if allow_single and isinstance(teachers, nn.Module):
         return [teachers]
-    if isinstance(teachers, str) or not isinstance(teachers, Sequence):
+    if isinstance(teachers, str | nn.Module) or not isinstance(teachers, Sequence):
+        what = "an nn.Module or a sequence of them" if allow_single else "a sequence of nn.Module"
         raise InvalidParameterError(
-            f"teachers must be an nn.Module or a sequence of them, got {type(teachers).__name__}"
+            f"teachers must be {what}, got {type(teachers).__name__}; wrap a single teacher "
+            "in a list"
         )
     out = list(teachers)
     if not out:
