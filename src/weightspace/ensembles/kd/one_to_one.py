@@ -14,7 +14,9 @@ leaves out follow the authors' code (``cs-giung/distill-latentbe``):
 - **fast weights**: their gradients are scaled by ``M`` (the loss averages over the M
   blocks of the tiled batch, so each fast weight sees 1/M of it) and weight decay pulls
   them towards 1, not 0, with coefficient ``weight_decay / M``; the shared (slow) weights
-  get the optimiser's ordinary weight decay;
+  get the optimiser's ordinary weight decay. The x M scaling matters for SGD (the
+  authors' optimiser); Adam is invariant to a gradient's scale, so with Adam it only
+  changes the relative weight of the decay term;
 - **diversifying perturbations** (eq. 7-8, :mod:`weightspace.ensembles.perturb`): one
   input step per minibatch (ODS, ConfODS or TDiv−SDiv); the KD term is computed on the
   perturbed batch with the teachers queried there, the label term (weight ``1 - alpha``)
