@@ -7,8 +7,12 @@ same sets:
 
 - **Single**: the mean over the set's teachers of each teacher's scores;
 - **Ensemble**: the mean of the teachers' logits (Sec. 4.1);
-- **KD**: a student of the teachers' architecture trained on the set's mean tempered
-  prediction (:func:`weightspace.ensembles.kd.distill`, the project's one KD);
+- **KD**: a student of the teachers' architecture trained from a random start on the
+  set's mean tempered prediction (:func:`weightspace.ensembles.kd.distill`, the
+  project's one KD);
+- **KD from teacher 0** (``kd_from_teacher``, not in the paper): the same KD started from
+  the set's first teacher, the start of WF's residual read-out, so the two are compared
+  from the same point;
 - **MLP**: :class:`~weightspace.generators.weightformer.LayerMLP`, trained like WF;
 - **WF** and the ablations: generators trained on the training checkpoints;
 - **WF***: WF fine-tuned on sets of the held-out checkpoints (Sec. 4.2).
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from weightspace.checks import positive_number
 from weightspace.data.base import SplitDataset
 from weightspace.ensembles.kd import KDConfig, distill
 from weightspace.errors import InvalidParameterError
@@ -45,6 +50,7 @@ __all__ = [
     "WeightFormerProtocol",
     "evaluate_sets",
     "heldout_sets",
+    "kd_targets",
     "score_logits",
     "split_pool",
     "teacher_number_curve",
@@ -68,6 +74,14 @@ class WeightFormerProtocol:
         sets).
     kd : KDConfig
         The KD baseline (fixed temperature, teachers' architecture).
+    kd_from_teacher : KDConfig or None
+        KD started from the set's first teacher (None: not run).
+    pretrain_sets : int
+        Training teacher sets whose KD students (``kd_from_teacher``, else ``kd``, started
+        from the set's first teacher) are the L2 targets of WF's optional pre-training
+        (Sec. 4.1); 0 turns pre-training off.
+    pretrain_steps, pretrain_lr : int, float
+        Adam steps and learning rate of that pre-training.
     mlp_hidden : int
         Hidden width of the MLP baseline.
     curve_max : int
@@ -89,6 +103,10 @@ class WeightFormerProtocol:
             epochs=20, lr=0.01, batch_size=64, optimizer="adam", temperature=4.0, alpha=0.9
         )
     )
+    kd_from_teacher: KDConfig | None = None
+    pretrain_sets: int = 0
+    pretrain_steps: int = 1000
+    pretrain_lr: float = 1e-3
     mlp_hidden: int = 64
     curve_max: int = 6
     seed: int = 0
@@ -99,6 +117,11 @@ class WeightFormerProtocol:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("pretrain_sets", "pretrain_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidParameterError(f"{name} must be an integer >= 0, got {value!r}")
+        positive_number("pretrain_lr", self.pretrain_lr, "Adam's usual range is 1e-4 to 1e-2")
         if self.curve_max < 2:
             raise InvalidParameterError(f"curve_max must be >= 2, got {self.curve_max}")
 
@@ -235,16 +258,42 @@ def evaluate_sets(
             Scores.mean([score_logits(lg, y, nb) for lg in logits])
         )
         scores.setdefault("ensemble", []).append(score_logits(logits.mean(0), y, nb))
-        cfg = dataclasses.replace(protocol.kd, seed=r)
-        kd = distill(reinitialized(template, 5000 + r), teachers, data.train, cfg, data.val)
-        seconds.setdefault("kd", []).append(kd.seconds)
-        with torch.no_grad():
-            scores.setdefault("kd", []).append(score_logits(kd.model(x), y, nb))
+        starts = {"kd": (protocol.kd, reinitialized(template, 5000 + r))}
+        if protocol.kd_from_teacher is not None:
+            starts["kd_t0"] = (protocol.kd_from_teacher, _modules(template, pool, idx[:1])[0])
+        for name, (kd_cfg, start) in starts.items():
+            kd = distill(start, teachers, data.train, dataclasses.replace(kd_cfg, seed=r), data.val)
+            seconds.setdefault(name, []).append(kd.seconds)
+            with torch.no_grad():
+                scores.setdefault(name, []).append(score_logits(kd.model(x), y, nb))
         for name, gen in generators.items():
             row, sec = _generated_scores(gen, template, pool, idx, data, nb)
             scores.setdefault(name, []).append(row)
             seconds.setdefault(name, []).append(sec)
     return {"scores": scores, "seconds": seconds}
+
+
+def kd_targets(
+    template: nn.Module,
+    pool: Mapping[str, Tensor],
+    sets: Tensor,
+    data: SplitDataset,
+    protocol: WeightFormerProtocol,
+) -> list[dict[str, Tensor]]:
+    """KD students of ``sets`` ``(S, T)`` of ``pool``, each started from its first teacher.
+
+    The L2 targets of :func:`~weightspace.generators.weightformer_training.
+    pretrain_weightformer`: started from teacher 0 they keep its unit order, which the
+    residual read-out starts from.
+    """
+    cfg = protocol.kd_from_teacher or protocol.kd
+    out = []
+    for r, idx in enumerate(sets):
+        teachers = _modules(template, pool, idx)
+        start = _modules(template, pool, idx[:1])[0]
+        kd = distill(start, teachers, data.train, dataclasses.replace(cfg, seed=r), data.val)
+        out.append({k: v.detach() for k, v in kd.model.state_dict().items()})
+    return out
 
 
 @torch.no_grad()

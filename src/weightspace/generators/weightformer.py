@@ -26,9 +26,24 @@ Generated tokens become a state dict through
 architecture on it with :func:`torch.func.functional_call`, so the classification loss
 (eq. 4) back-propagates into the generator.
 
+Two choices the paper leaves open (or does differently), both measured in the report:
+
+- **Scale.** Each layer's tokens are divided by their standard deviation over the set
+  (one number per set and layer, so order-invariant) before the embedding, and the
+  read-out is multiplied by it: raw weights of different layers differ in scale by an
+  order of magnitude, and the paper's ``D_w`` maps say nothing about it.
+- **Residual read-out** (``residual=True``; not in the paper). The student is teacher 0's
+  tokens plus ``gate_l`` times the generated correction, with one gate per layer starting
+  at 0, so the untrained generator returns teacher 0 exactly. Read directly, as in the
+  paper, the generator must first learn to write a working network from scratch; on the
+  embedded zoo that ends below a single teacher (the ``no_residual`` ablation row). It
+  also gives the L2 pre-training of Sec. 4.1 a learnable target: a KD student started
+  from teacher 0 keeps teacher 0's unit order, one started at random does not.
+
 :class:`LayerMLP` is the paper's MLP baseline (Sec. 4.1): per layer, an independent
 network that sees only that layer's teacher weights, unit by unit. Its linear part starts
-at ``[I/T, ..., I/T]`` (the teachers' mean) and its hidden part at zero.
+at ``[I/T, ..., I/T]`` (the teachers' mean) or at ``[I, 0, ..., 0]`` (teacher 0, to
+match the residual read-out) and its hidden part at zero.
 """
 
 from __future__ import annotations
@@ -76,6 +91,10 @@ class WeightFormerConfig:
         Feed layer ``l``'s ``[cross]`` output into layer ``l + 1`` (False: the ablation).
     dropout : float
         Dropout inside the encoder blocks.
+    residual : bool
+        Read the student as teacher 0's tokens plus the generated correction (the output
+        map starts at zero, so the untrained generator returns teacher 0). Not in the
+        paper, which reads the weights directly; see the module docstring.
     """
 
     d_model: int = 64
@@ -86,6 +105,7 @@ class WeightFormerConfig:
     cutoff: float = 0.1
     cross_layer: bool = True
     dropout: float = 0.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "n_blocks", "d_ff", "max_teachers"):
@@ -148,6 +168,8 @@ class WeightFormer(nn.Module):
         d = config.d_model
         self.embed_in = nn.ModuleList([nn.Linear(w, d) for w in layout.widths])
         self.embed_out = nn.ModuleList([nn.Linear(d, w) for w in layout.widths])
+        # residual read-out: student = teacher 0 + gate_l * correction, gates start at 0
+        self.gate = nn.Parameter(torch.zeros(layout.n_layers)) if config.residual else None
         self.teacher_embedding = nn.Embedding(config.max_teachers, d)
         self.position_embedding = nn.Embedding(max(layout.n_outs), d)
         self.cross = nn.Parameter(torch.randn(d) * 0.02)
@@ -191,12 +213,15 @@ class WeightFormer(nn.Module):
         for i, tok in enumerate(tokens):
             n_out = self.layout.layers[i].n_out
             dev = tok.device
-            h = self.embed_in[i](concat_teachers(tok))  # (B, T * n_out, d)
+            # one scale per set and layer (order-invariant): tokens in units of the std
+            scale = tok.flatten(1).std(dim=1).clamp_min(1e-8)[:, None, None]  # (B, 1, 1)
+            h = self.embed_in[i](concat_teachers(tok) / scale)  # (B, T * n_out, d)
             h = h + self.teacher_embedding(teacher_index(self.layout, i, n_t, dev))
             h = h + self.position_embedding(unit_index(self.layout, i, n_t, dev))
             y = self.encoder(torch.cat([cross, self._cutoff(h, generator)], dim=1))
             cross = y[:, :1] if self.config.cross_layer else start
-            out.append(self.embed_out[i](y[:, 1 : 1 + n_out]))
+            read = self.embed_out[i](y[:, 1 : 1 + n_out]) * scale
+            out.append(tok[:, 0] + self.gate[i] * read if self.gate is not None else read)
         return out
 
 
@@ -204,9 +229,10 @@ class LayerMLP(nn.Module):
     """The MLP baseline: per layer, ``y_o = A [w_1,o; ...; w_T,o] + MLP([...])``.
 
     Each unit's student token is computed from the same unit's tokens of the ``T``
-    teachers of that layer only (no other layer, no attention). ``A`` starts at
-    ``[I/T, ..., I/T]`` (the teachers' mean) and the MLP's output layer at zero, so the
-    untrained baseline returns the element-wise mean of the teachers.
+    teachers of that layer only (no other layer, no attention). The MLP's output layer
+    starts at zero and ``A`` at ``[I/T, ..., I/T]`` (``init="mean"``: the untrained
+    baseline returns the element-wise mean of the teachers) or at ``[I, 0, ..., 0]``
+    (``init="first"``: it returns teacher 0, like WeightFormer's residual read-out).
 
     Parameters
     ----------
@@ -214,17 +240,27 @@ class LayerMLP(nn.Module):
     n_teachers : int
     hidden : int
         Hidden width of each layer's MLP.
+    init : {"mean", "first"}
     """
 
-    def __init__(self, layout: TokenLayout, n_teachers: int, hidden: int = 64) -> None:
+    def __init__(
+        self, layout: TokenLayout, n_teachers: int, hidden: int = 64, init: str = "mean"
+    ) -> None:
         super().__init__()
+        if init not in ("mean", "first"):
+            raise InvalidParameterError(f"init must be 'mean' or 'first', got {init!r}")
         self.layout, self.n_teachers = layout, int(n_teachers)
         self.mix = nn.ModuleList()
         self.mlp = nn.ModuleList()
         for w in layout.widths:
             mix = nn.Linear(n_teachers * w, w, bias=False)
+            start = torch.zeros(w, n_teachers * w)
+            if init == "mean":
+                start.copy_(torch.eye(w).repeat(1, n_teachers) / n_teachers)
+            else:
+                start[:, :w] = torch.eye(w)
             with torch.no_grad():
-                mix.weight.copy_(torch.eye(w).repeat(1, n_teachers) / n_teachers)
+                mix.weight.copy_(start)
             mlp = nn.Sequential(nn.Linear(n_teachers * w, hidden), nn.ReLU(), nn.Linear(hidden, w))
             nn.init.zeros_(mlp[-1].weight)
             nn.init.zeros_(mlp[-1].bias)

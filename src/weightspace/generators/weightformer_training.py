@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from weightspace.checks import positive_number
 from weightspace.data.base import Split
+from weightspace.ensembles.kd.loss import kd_loss
 from weightspace.errors import InvalidParameterError, NonFiniteWeightsError, ShapeError
 from weightspace.generators.weight_tokens import tokenize
 from weightspace.generators.weightformer import (
@@ -67,6 +69,13 @@ class FitConfig:
         Evaluations without improvement before stopping.
     seed : int
         Seed of teacher sets, batches and cutoff draws.
+    kd_alpha : float
+        Share of the data term taken by distillation from the set's own teachers:
+        ``kd_loss(student, mean softened teacher probabilities, y, kd_temperature,
+        kd_alpha)`` replaces the cross-entropy. 0 (the default) is eq. (4) exactly; the
+        paper has no such term (see the module docstring for when it matters).
+    kd_temperature : float
+        Temperature of that term.
     """
 
     steps: int = 1000
@@ -79,6 +88,8 @@ class FitConfig:
     n_val_sets: int = 4
     patience: int = 5
     seed: int = 0
+    kd_alpha: float = 0.0
+    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         ints = ("steps", "batch_size", "n_teachers", "resample_every", "eval_every")
@@ -90,6 +101,9 @@ class FitConfig:
             bad = isinstance(value, bool) or not isinstance(value, int | float)
             if bad or not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
                 raise InvalidParameterError(f"{name} must be a finite number >= 0 (lr > 0)")
+        if isinstance(self.kd_alpha, bool) or not 0 <= self.kd_alpha <= 1:
+            raise InvalidParameterError(f"kd_alpha must lie in [0, 1], got {self.kd_alpha!r}")
+        positive_number("kd_temperature", self.kd_temperature, "Hinton et al. use T in [1, 20]")
 
 
 @dataclass
@@ -137,6 +151,16 @@ def _val_accuracy(
     return sum(accs) / len(accs)
 
 
+@torch.no_grad()
+def _teacher_probs(
+    template: nn.Module, pool: Mapping[str, Tensor], idx: Tensor, x: Tensor, temperature: float
+) -> Tensor:
+    """Mean softened probabilities ``(B, C)`` of the pool checkpoints ``idx`` on ``x``."""
+    state = {k: v[idx].to(x.device) for k, v in pool.items()}
+    logits = torch.stack([student_logits(template, state, x, index=i) for i in range(idx.shape[0])])
+    return (logits / temperature).softmax(-1).mean(0)
+
+
 def _step_loss(
     model: WeightFormer,
     template: nn.Module,
@@ -144,14 +168,22 @@ def _step_loss(
     batch: tuple[Tensor, Tensor],
     config: FitConfig,
     gen: torch.Generator,
+    soft: Tensor | None = None,
 ) -> tuple[Tensor, float]:
-    """Eq. (4) on one batch; returns the loss and its consistency part."""
+    """Eq. (4) on one batch; returns the loss and its consistency part.
+
+    ``soft`` (B, C): the teachers' softened probabilities when ``config.kd_alpha > 0``.
+    """
     if config.alpha > 0:
         out, consist = shift_consistency(model, tokens, gen)
     else:
         out, consist = model(tokens, gen), torch.zeros(())
     logits = student_logits(template, student_state(model.layout, out), batch[0])
-    return F.cross_entropy(logits, batch[1]) + config.alpha * consist, float(consist.detach())
+    if soft is None:
+        data = F.cross_entropy(logits, batch[1])
+    else:
+        data = kd_loss(logits, soft, batch[1], config.kd_temperature, config.kd_alpha)
+    return data + config.alpha * consist, float(consist.detach())
 
 
 def fit_weightformer(
@@ -198,12 +230,16 @@ def fit_weightformer(
     history: dict[str, list[float]] = {"loss": [], "consistency": [], "val_accuracy": []}
     best = (_val_accuracy(wf, template, pool, val_sets, val), 0, copy.deepcopy(wf.state_dict()))
     history["val_accuracy"].append(best[0])
-    waited, tokens = 0, None
+    waited, tokens, teachers = 0, None, None
     for step in tqdm(range(1, config.steps + 1), desc="WeightFormer", disable=not progress):
         if tokens is None or (step - 1) % config.resample_every == 0:
-            tokens = _set_tokens(wf, pool, sample_sets(n_pool, config.n_teachers, 1, gen)[0])
+            teachers = sample_sets(n_pool, config.n_teachers, 1, gen)[0]
+            tokens = _set_tokens(wf, pool, teachers)
         idx = torch.randint(0, x.shape[0], (config.batch_size,), generator=gen).to(dev)
-        loss, consist = _step_loss(wf, template, tokens, (x[idx], y[idx]), config, gen)
+        soft = None
+        if config.kd_alpha > 0:
+            soft = _teacher_probs(template, pool, teachers, x[idx], config.kd_temperature)
+        loss, consist = _step_loss(wf, template, tokens, (x[idx], y[idx]), config, gen, soft)
         if not torch.isfinite(loss):
             raise NonFiniteWeightsError(
                 f"WeightFormer's loss became {float(loss)} at step {step}; lower lr={config.lr}"

@@ -4,7 +4,9 @@ the first node."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 from kedro.runner import SequentialRunner
@@ -13,9 +15,16 @@ from conftest import merged_params, pipeline_catalog
 from weightspace.errors import InvalidParameterError
 from weightspace_kedro.pipelines.weightformer.pipeline import create_pipeline
 
-METHODS = ("single", "ensemble", "kd", "mlp", "wf", "wf_star")
+METHODS = ("single", "ensemble", "kd", "kd_t0", "mlp", "wf", "wf_star")
 KEYS = [f"{m}_{k}" for m in METHODS for k in ("acc", "ece", "nll")]
-KEYS += ["wf_seconds_per_student", "kd_seconds_per_student"]
+KEYS += ["wf_seconds_per_student", "kd_seconds_per_student", "wf_best_step"]
+GOLDEN = Path(__file__).with_name("golden_metrics_test.json")
+TOL = 0.02
+"""Absolute tolerance on accuracies and losses (other CPUs round differently)."""
+
+
+def _is_timing(key: str) -> bool:
+    return key.endswith(("_seconds_per_student", "_cost_ratio"))
 
 
 def _catalog(params: dict):
@@ -41,8 +50,31 @@ def test_outputs_and_keys(run):
     assert metrics["n_sets"] == 2
     assert "curve_concatenate_3_acc" in metrics and "curve_heuristic_2_acc" in metrics
     tables = (out / "tables.md").read_text()
-    assert "| metric | Single | Ensemble | KD | MLP | WF | WF* |" in tables
-    assert "- cross-layer flow" in tables
+    assert "| metric | Single | Ensemble | KD | KD from teacher 0 | MLP | WF | WF* |" in tables
+    assert "- cross-layer flow" in tables and "- residual read-out" in tables
+
+
+def test_relations(run):
+    _, m = run
+    gap = m["ensemble_acc"] - m["single_acc"]
+    if gap > 0:
+        assert m["gap_closed"] == pytest.approx((m["wf_acc"] - m["single_acc"]) / gap)
+    # every score is a probability or a positive loss
+    for name in ("single", "ensemble", "kd", "kd_t0", "mlp", "wf", "wf_star"):
+        assert 0 <= m[f"{name}_acc"] <= 1 and 0 <= m[f"{name}_ece"] <= 1
+        assert m[f"{name}_nll"] > 0
+    assert m["wf_seconds_per_student"] < m["kd_seconds_per_student"]
+    assert m["kd_vs_wf_cost_ratio"] == pytest.approx(
+        m["kd_seconds_per_student"] / m["wf_seconds_per_student"]
+    )
+
+
+def test_metrics_match_the_golden_file(run):
+    _, metrics = run
+    golden = json.loads(GOLDEN.read_text())
+    assert sorted(k for k in metrics if not _is_timing(k)) == sorted(golden)
+    off = {k: (metrics[k], v) for k, v in golden.items() if abs(metrics[k] - v) > TOL}
+    assert not off, f"metrics moved from {GOLDEN.name}: {off}"
 
 
 def test_a_bad_setting_fails_in_the_first_node(tmp_path, monkeypatch):

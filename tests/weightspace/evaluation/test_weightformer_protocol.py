@@ -88,6 +88,31 @@ def test_evaluate_sets_single_and_ensemble_by_hand_and_mean_generator():
     assert len(result["seconds"]["kd"]) == 2 and len(result["seconds"]["mean"]) == 2
 
 
+def test_kd_from_teacher_zero_that_never_improves_returns_teacher_zero():
+    """With a vanishing learning rate the best validation epoch is epoch 0 (ties go to the
+    earliest), so the KD-from-teacher-0 row equals teacher 0's own scores exactly, and the
+    pre-training targets are teacher 0's weights."""
+    from weightspace.data.embedded import load_mnist1d
+
+    models, _layout, pool = _pool()
+    data = load_mnist1d(seed=0, n_samples=200)
+    still = KDConfig(epochs=1, batch_size=64, lr=1e-30)
+    protocol = wp.WeightFormerProtocol(
+        n_sets=2, fit=FitConfig(n_teachers=3), kd=KDConfig(epochs=1), kd_from_teacher=still
+    )
+    result = wp.evaluate_sets(models[0], pool, data, {}, protocol)
+    for r, idx in enumerate(wp.heldout_sets(5, protocol)):
+        with torch.no_grad():
+            first = wp.score_logits(models[int(idx[0])].eval()(data.test.x), data.test.y)
+        assert result["scores"]["kd_t0"][r] == first
+    assert len(result["seconds"]["kd_t0"]) == 2
+    sets = torch.tensor([[2, 0, 1], [4, 3, 0]])
+    targets = wp.kd_targets(models[0], pool, sets, data, protocol)
+    for target, idx in zip(targets, sets, strict=True):
+        for k, v in target.items():
+            torch.testing.assert_close(v, pool[k][idx[0]], rtol=0, atol=0)
+
+
 def test_report_keys_gap_closed_and_two_sigma():
     rows = {
         "single": [wp.Scores(0.90, 0.99, 0.02, 0.3), wp.Scores(0.92, 0.99, 0.02, 0.3)],

@@ -95,6 +95,56 @@ def test_the_mlp_baseline_starts_at_the_teachers_mean():
         torch.testing.assert_close(state[k][0], mean[k], rtol=1e-6, atol=1e-6)
 
 
+def test_the_mlp_baseline_with_init_first_starts_at_teacher_zero():
+    teachers = _teachers()
+    layout = TokenLayout.from_module(teachers[0])
+    tokens = _tokens(teachers)
+    for o, t in zip(LayerMLP(layout, 3, init="first")(tokens), tokens, strict=True):
+        torch.testing.assert_close(o, t[:, 0], rtol=0, atol=0)
+    with pytest.raises(InvalidParameterError, match="init must be 'mean' or 'first'"):
+        LayerMLP(layout, 3, init="median")
+
+
+def test_the_residual_read_out_starts_at_teacher_zero_and_then_learns():
+    teachers = _teachers()
+    layout = TokenLayout.from_module(teachers[0])
+    tokens = _tokens(teachers)
+    torch.manual_seed(0)
+    wf = WeightFormer(layout, _config(residual=True, cutoff=0.25)).train()
+    gen = torch.Generator().manual_seed(0)
+    for o, t in zip(wf(tokens, gen), tokens, strict=True):
+        torch.testing.assert_close(o, t[:, 0], rtol=0, atol=0)
+    x, y = torch.randn(8, 1, 16), torch.randint(0, 5, (8,))
+    opt = torch.optim.SGD(wf.parameters(), lr=0.1)
+    for step in range(2):  # the gates start at 0: from the second step on all move
+        opt.zero_grad()
+        state = student_state(layout, wf(tokens, gen))
+        torch.nn.functional.cross_entropy(student_logits(teachers[0], state, x), y).backward()
+        if step == 1:
+            for name, p in wf.named_parameters():
+                assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+        opt.step()
+    assert float(wf.gate.detach().abs().min()) > 0
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_the_generator_is_scale_equivariant(residual):
+    """Tokens are read in units of their set's std: scaling every teacher by c scales the
+    student by c (exactly, up to float rounding)."""
+    teachers = _teachers()
+    layout = TokenLayout.from_module(teachers[0])
+    tokens = _tokens(teachers)
+    torch.manual_seed(0)
+    wf = WeightFormer(layout, _config(residual=residual)).eval()
+    if residual:
+        with torch.no_grad():
+            wf.gate.fill_(0.7)
+    with torch.no_grad():
+        base, scaled = wf(tokens), wf([3.0 * t for t in tokens])
+    for a, b in zip(base, scaled, strict=True):
+        torch.testing.assert_close(b, 3.0 * a, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_input():
     teachers = _teachers(4)
     layout = TokenLayout.from_module(teachers[0])
@@ -167,3 +217,27 @@ def test_pretraining_moves_the_generator_towards_the_targets():
     before = err()
     pretrain_weightformer(wf, pool, sets, targets, steps=80, lr=3e-3)
     assert err() < 0.5 * before
+
+
+def test_the_optional_kd_data_term_is_the_projects_kd_loss_on_the_sets_teachers():
+    from weightspace.ensembles import kd_loss
+    from weightspace.generators import weightformer_training as wt
+    from weightspace.weights.stacking import stack_state_dicts
+
+    teachers = _teachers(4)
+    layout = TokenLayout.from_module(teachers[0])
+    pool = stack_state_dicts([m.state_dict() for m in teachers], layout.spec)
+    idx = torch.tensor([3, 1, 0])
+    x, y = torch.randn(8, 1, 16), torch.randint(0, 5, (8,))
+    soft = wt._teacher_probs(teachers[0], pool, idx, x, 2.0)
+    with torch.no_grad():
+        expect = torch.stack([(teachers[int(i)](x) / 2.0).softmax(-1) for i in idx]).mean(0)
+    torch.testing.assert_close(soft, expect)
+    wf = WeightFormer(layout, _config(cutoff=0.0)).eval()
+    tokens = wt._set_tokens(wf, pool, idx)
+    cfg = wt.FitConfig(alpha=0.0, kd_alpha=0.6, kd_temperature=2.0)
+    loss, _ = wt._step_loss(wf, teachers[0], tokens, (x, y), cfg, torch.Generator(), soft)
+    logits = student_logits(teachers[0], student_state(layout, wf(tokens)), x)
+    torch.testing.assert_close(loss, kd_loss(logits, soft, y, 2.0, 0.6))
+    with pytest.raises(InvalidParameterError, match="kd_alpha must lie in"):
+        wt.FitConfig(kd_alpha=1.5)

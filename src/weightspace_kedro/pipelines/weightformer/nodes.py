@@ -4,6 +4,7 @@ curve, report. Each is one call into the library; stage times come from the hook
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -11,11 +12,17 @@ import torch
 from matplotlib.figure import Figure
 
 from weightspace.data import SplitDataset
+from weightspace.device import resolve_device
 from weightspace.errors import ArchitectureMismatchError, EmptyZooError
 from weightspace.evaluation import weightformer_protocol as wp
 from weightspace.generators.weight_tokens import TokenLayout
 from weightspace.generators.weightformer import LayerMLP, WeightFormer
-from weightspace.generators.weightformer_training import fit_weightformer
+from weightspace.generators.weightformer_training import (
+    FitConfig,
+    fit_weightformer,
+    pretrain_weightformer,
+    sample_sets,
+)
 from weightspace.reporting import weightformer_report as wr
 from weightspace.weights.stacking import stack_state_dicts
 from weightspace.zoo import Zoo
@@ -65,17 +72,40 @@ def _fit(pools: Pools, settings: WeightFormerSettings, variant: str = "wf") -> t
         cfg = dataclasses.replace(cfg, cross_layer=False)
     elif variant == "wf_no_cutoff":
         cfg = dataclasses.replace(cfg, cutoff=0.0)
+    elif variant == "wf_no_residual":
+        cfg = dataclasses.replace(cfg, residual=False)
     elif variant in ("wf_no_shift", "mlp"):
         fit = dataclasses.replace(fit, alpha=0.0)
     torch.manual_seed(settings.protocol.seed)
+    protocol, data = settings.protocol, pools["data"]
     if variant == "mlp":
-        model = LayerMLP(pools["layout"], fit.n_teachers, settings.protocol.mlp_hidden)
+        init = "first" if cfg.residual else "mean"
+        model = LayerMLP(pools["layout"], fit.n_teachers, protocol.mlp_hidden, init)
     else:
         model = WeightFormer(pools["layout"], cfg)
+        if protocol.pretrain_sets and cfg.residual:
+            gen = torch.Generator().manual_seed(protocol.seed + 2)
+            n_pool = next(iter(pools["train"].values())).shape[0]
+            sets = sample_sets(n_pool, fit.n_teachers, protocol.pretrain_sets, gen)
+            targets = wp.kd_targets(pools["template"], pools["train"], sets, data, protocol)
+            model = pretrain_weightformer(
+                model, pools["train"], sets, targets, protocol.pretrain_steps, protocol.pretrain_lr
+            )
+    return _fit_on_device(model, pools, "train", fit, settings.device)
+
+
+def _fit_on_device(
+    model: torch.nn.Module, pools: Pools, pool: str, fit: FitConfig, device: str
+) -> torch.nn.Module:
+    """``fit_weightformer`` on ``device``; the kept generator comes back on the CPU,
+    carrying the step its validation peaked at (``best_step``, 0 = its start)."""
+    dev = resolve_device(device)
+    template = copy.deepcopy(pools["template"]).to(dev)
     data = pools["data"]
-    return fit_weightformer(
-        model, pools["template"], pools["train"], data.train, data.val, fit
-    ).model
+    start = copy.deepcopy(model).to(dev)
+    result = fit_weightformer(start, template, pools[pool], data.train, data.val, fit)
+    result.model.best_step = result.best_step
+    return result.model.cpu()
 
 
 def train_wf(pools: Pools, settings: WeightFormerSettings) -> torch.nn.Module:
@@ -97,9 +127,7 @@ def finetune_wf_star(
     wf: torch.nn.Module, pools: Pools, settings: WeightFormerSettings
 ) -> torch.nn.Module:
     """WF*: WF fine-tuned on sets of the held-out checkpoints (Sec. 4.2)."""
-    data = pools["data"]
-    cfg = settings.protocol.finetune
-    return fit_weightformer(wf, pools["template"], pools["held"], data.train, data.val, cfg).model
+    return _fit_on_device(wf, pools, "held", settings.protocol.finetune, settings.device)
 
 
 def evaluate(
@@ -112,9 +140,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Every method on the held-out sets (Table 1, Table 4, cost)."""
     generators = {"wf": wf, "wf_star": wf_star, "mlp": mlp, **ablations}
-    return wp.evaluate_sets(
+    result = wp.evaluate_sets(
         pools["template"], pools["held"], pools["data"], generators, settings.protocol
     )
+    result["best_step"] = {k: float(getattr(g, "best_step", -1)) for k, g in generators.items()}
+    return result
 
 
 def teacher_curve(pools: Pools, wf: torch.nn.Module, settings: WeightFormerSettings) -> dict:

@@ -15,8 +15,10 @@ from weightspace.errors import InvalidParameterError
 from weightspace.evaluation.weightformer_protocol import WeightFormerProtocol
 from weightspace.generators.weightformer import WeightFormerConfig
 
-ABLATIONS: tuple[str, ...] = ("no_cross", "no_shift", "no_cutoff")
-"""Table 4's variants: without the [cross] flow, without shift consistency, without cutoff."""
+ABLATIONS: tuple[str, ...] = ("no_cross", "no_shift", "no_cutoff", "no_residual")
+"""Table 4's variants: without the [cross] flow, without shift consistency, without cutoff;
+and without the residual read-out (the paper's direct read-out; see
+:mod:`weightspace.generators.weightformer`)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class WeightFormerSettings:
     """Everything the weightformer pipeline runs (``weightformer.settings``)."""
 
     dataset: str = "mnist1d"
+    device: str = "cpu"
+    """Where the generators train ("cuda" on the GPU box); evaluation, KD and the cost
+    comparison run on the CPU, so WF and KD are timed on the same device."""
     model: WeightFormerConfig = field(default_factory=WeightFormerConfig)
     protocol: WeightFormerProtocol = field(default_factory=WeightFormerProtocol)
     ablations: tuple[str, ...] = ABLATIONS
