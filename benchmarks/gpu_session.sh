@@ -44,7 +44,9 @@ if [ "${DISTILL:-0}" = 1 ]; then
   cp benchmarks/results/distill_gpu* "$OUT/" 2>/dev/null || true
 fi
 if [ "${WF:-0}" = 1 ]; then
-  time python3 benchmarks/weightformer_targets.py --env gpu --tag "${TAG:-}" 2>&1 \
-    | grep -vE "step/s\]|it/s\]|^\s+$" | tail -40
+  # the log goes to $OUT as it is written, so a run cut short still shows where it was
+  time python3 benchmarks/weightformer_targets.py --env gpu --tag "${TAG:-}" \
+    > "$OUT/weightformer_gpu${TAG:-}.log" 2>&1 || true
+  grep -vE "step/s\]|it/s\]|^\s+$" "$OUT/weightformer_gpu${TAG:-}.log" | tail -40
   cp benchmarks/results/weightformer_gpu* "$OUT/" 2>/dev/null || true
 fi

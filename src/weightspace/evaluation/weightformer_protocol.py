@@ -7,6 +7,8 @@ same sets:
 
 - **Single**: the mean over the set's teachers of each teacher's scores;
 - **Ensemble**: the mean of the teachers' logits (Sec. 4.1);
+- **Teacher 0**: the set's first teacher alone, where the residual read-out and KD from
+  teacher 0 start (not in the paper);
 - **KD**: a student of the teachers' architecture trained from a random start on the
   set's mean tempered prediction (:func:`weightspace.ensembles.kd.distill`, the
   project's one KD);
@@ -207,12 +209,20 @@ def _generate(gen: nn.Module, pool: Mapping[str, Tensor], idx: Tensor) -> list[T
     return gen([t[None] for t in tokenize(gen.layout, {k: v[idx] for k, v in pool.items()})])
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so wall-clock times measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _generated_scores(
     gen: nn.Module, template: nn.Module, pool: Mapping[str, Tensor], idx: Tensor, data, n_bins: int
 ) -> tuple[Scores, float]:
     """Scores of the generated student of one set, and the seconds to generate it."""
+    _sync(data.test.x.device)
     t0 = time.perf_counter()
     state = student_state(gen.layout, _generate(gen, pool, idx))
+    _sync(data.test.x.device)
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         logits = student_logits(template, state, data.test.x)
@@ -258,6 +268,7 @@ def evaluate_sets(
             Scores.mean([score_logits(lg, y, nb) for lg in logits])
         )
         scores.setdefault("ensemble", []).append(score_logits(logits.mean(0), y, nb))
+        scores.setdefault("teacher0", []).append(score_logits(logits[0], y, nb))
         starts = {"kd": (protocol.kd, reinitialized(template, 5000 + r))}
         if protocol.kd_from_teacher is not None:
             starts["kd_t0"] = (protocol.kd_from_teacher, _modules(template, pool, idx[:1])[0])

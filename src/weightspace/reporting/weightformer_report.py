@@ -2,10 +2,10 @@
 the shape of the paper's Tables 1 and 4, and the teacher-number figure (Figure 3).
 
 Keys: ``<method>_<metric>`` (mean over the held-out teacher sets) and
-``<method>_<metric>_2sigma`` for ``method`` in single, ensemble, kd, mlp, wf, wf_star and
-``kd_t0`` (KD from teacher 0) and the ablations (``wf_no_cross``, ``wf_no_shift``,
-``wf_no_cutoff``, ``wf_no_residual``) and ``metric`` in acc,
-acc5, ece, nll; ``gap_closed = (wf_acc - single_acc) / (ensemble_acc - single_acc)``;
+``<method>_<metric>_2sigma`` for ``method`` in single, ensemble, kd, mlp, wf, wf_star,
+``teacher0`` (the set's first teacher), ``kd_t0`` (KD from teacher 0) and the ablations
+(``wf_no_cross``, ``wf_no_shift``, ``wf_no_cutoff``, ``wf_no_residual``) and ``metric``
+in acc, acc5, ece, nll; ``gap_closed = (wf_acc - single_acc) / (ensemble_acc - single_acc)``;
 ``wf_seconds_per_student``, ``kd_seconds_per_student`` and their ratio; the curve as
 ``curve_<config>_<n>_acc``; ``<generator>_best_step``, the training step each generator
 was kept at (0: validation never beat its start, for the residual read-out teacher 0).
@@ -26,11 +26,12 @@ from weightspace.reporting.markdown import markdown_table, seconds_table
 
 __all__ = ["assemble_report", "curve_figure", "flat_metrics"]
 
-MAIN = ("single", "ensemble", "kd", "kd_t0", "mlp", "wf", "wf_star")
+MAIN = ("single", "teacher0", "ensemble", "kd", "kd_t0", "mlp", "wf", "wf_star")
 ABLATION = ("wf", "wf_no_cross", "wf_no_shift", "wf_no_cutoff", "wf_no_residual")
 LABELS = {
-    "single": "Single", "ensemble": "Ensemble", "kd": "KD", "kd_t0": "KD from teacher 0",
-    "mlp": "MLP", "wf": "WF", "wf_star": "WF*", "wf_no_cross": "- cross-layer flow",
+    "single": "Single", "teacher0": "Teacher 0", "ensemble": "Ensemble", "kd": "KD",
+    "kd_t0": "KD from teacher 0", "mlp": "MLP", "wf": "WF", "wf_star": "WF*",
+    "wf_no_cross": "- cross-layer flow",
     "wf_no_shift": "- shift consistency", "wf_no_cutoff": "- weight cutoff",
     "wf_no_residual": "- residual read-out",
 }  # fmt: skip

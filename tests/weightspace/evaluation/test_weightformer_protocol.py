@@ -79,6 +79,8 @@ def test_evaluate_sets_single_and_ensemble_by_hand_and_mean_generator():
         assert result["scores"]["single"][r].acc == pytest.approx(single)
         ens = float(accuracy(logits[idx].mean(0), y))
         assert result["scores"]["ensemble"][r].acc == pytest.approx(ens)
+        first = float(accuracy(logits[idx[0]], y))
+        assert result["scores"]["teacher0"][r].acc == pytest.approx(first)
         # the weight average of the set, run as a network
         avg = build_model("vgg", {"stages": [[4], [6]]}, (1, 40), 10)
         avg.load_state_dict({k: v[idx].mean(0) for k, v in pool.items()})

@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from weightspace.data import SplitDataset
+from weightspace.data.base import SPLITS, Split
 from weightspace.device import resolve_device
 from weightspace.errors import ArchitectureMismatchError, EmptyZooError
 from weightspace.evaluation import weightformer_protocol as wp
@@ -139,19 +140,31 @@ def evaluate(
     settings: WeightFormerSettings,
 ) -> dict[str, Any]:
     """Every method on the held-out sets (Table 1, Table 4, cost)."""
+    dev = resolve_device(settings.device)
+    template, held, data = _on_device(pools, dev)
     generators = {"wf": wf, "wf_star": wf_star, "mlp": mlp, **ablations}
-    result = wp.evaluate_sets(
-        pools["template"], pools["held"], pools["data"], generators, settings.protocol
-    )
+    on_dev = {k: copy.deepcopy(g).to(dev) for k, g in generators.items()}
+    result = wp.evaluate_sets(template, held, data, on_dev, settings.protocol)
     result["best_step"] = {k: float(getattr(g, "best_step", -1)) for k, g in generators.items()}
     return result
 
 
 def teacher_curve(pools: Pools, wf: torch.nn.Module, settings: WeightFormerSettings) -> dict:
     """Figure 3 (concatenate and heuristic)."""
-    return wp.teacher_number_curve(
-        wf, pools["template"], pools["held"], pools["data"], settings.protocol
-    )
+    dev = resolve_device(settings.device)
+    template, held, data = _on_device(pools, dev)
+    gen = copy.deepcopy(wf).to(dev)
+    return wp.teacher_number_curve(gen, template, held, data, settings.protocol)
+
+
+def _on_device(
+    pools: Pools, dev: torch.device
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor], SplitDataset]:
+    """The template, the held-out stack and the data on ``dev`` (copies)."""
+    data: SplitDataset = pools["data"]
+    splits = {s: Split(getattr(data, s).x.to(dev), getattr(data, s).y.to(dev)) for s in SPLITS}
+    held = {k: v.to(dev) for k, v in pools["held"].items()}
+    return copy.deepcopy(pools["template"]).to(dev), held, dataclasses.replace(data, **splits)
 
 
 def report(

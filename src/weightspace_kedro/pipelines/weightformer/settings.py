@@ -27,8 +27,8 @@ class WeightFormerSettings:
 
     dataset: str = "mnist1d"
     device: str = "cpu"
-    """Where the generators train ("cuda" on the GPU box); evaluation, KD and the cost
-    comparison run on the CPU, so WF and KD are timed on the same device."""
+    """Where everything runs ("cuda" on the GPU box): generator training, evaluation and
+    KD, so WF and KD are timed on the same device."""
     model: WeightFormerConfig = field(default_factory=WeightFormerConfig)
     protocol: WeightFormerProtocol = field(default_factory=WeightFormerProtocol)
     ablations: tuple[str, ...] = ABLATIONS
