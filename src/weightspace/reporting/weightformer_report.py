@@ -6,7 +6,8 @@ Keys: ``<method>_<metric>`` (mean over the held-out teacher sets) and
 ``teacher0`` (the set's first teacher), ``kd_t0`` (KD from teacher 0) and the ablations
 (``wf_no_cross``, ``wf_no_shift``, ``wf_no_cutoff``, ``wf_no_residual``) and ``metric``
 in acc, acc5, ece, nll; ``gap_closed = (wf_acc - single_acc) / (ensemble_acc - single_acc)``;
-``wf_seconds_per_student``, ``kd_seconds_per_student`` and their ratio; the curve as
+``<method>_seconds_per_student`` of every timed method (``wf``, ``kd``, ``kd_t0``, the
+other generators) and ``kd_vs_wf_cost_ratio``; the curve as
 ``curve_<config>_<n>_acc``; ``<generator>_best_step``, the training step each generator
 was kept at (0: validation never beat its start, for the residual read-out teacher 0).
 """
@@ -57,8 +58,8 @@ def flat_metrics(result: Mapping[str, object], curve: Mapping[str, list]) -> dic
             out[f"{name}_{m}"], out[f"{name}_{m}_2sigma"] = _mean_2sigma(values)
     gap = out["ensemble_acc"] - out["single_acc"]
     out["gap_closed"] = (out["wf_acc"] - out["single_acc"]) / gap if gap > 0 else math.nan
-    out["wf_seconds_per_student"] = _mean_2sigma(seconds["wf"])[0]
-    out["kd_seconds_per_student"] = _mean_2sigma(seconds["kd"])[0]
+    for name, values in seconds.items():  # wf, kd and every other method timed
+        out[f"{name}_seconds_per_student"] = _mean_2sigma(values)[0]
     out["kd_vs_wf_cost_ratio"] = out["kd_seconds_per_student"] / out["wf_seconds_per_student"]
     for name, step in dict(result.get("best_step", {})).items():  # type: ignore[call-overload]
         out[f"{name}_best_step"] = float(step)
