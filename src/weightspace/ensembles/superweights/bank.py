@@ -1,0 +1,228 @@
+"""Parameter bank, weight templates and SuperWeights (main paper Sec. 2.1; supplement Sec. 1-2).
+
+A SuperWeight cluster owns one flat trainable vector per width slice, its *parameter
+bank*. A layer's **weight templates** ``T_1 .. T_K`` are windows of its cluster's banks:
+template ``k`` of a slot takes, for each width level ``w`` of the slot, the ``R_w``
+elements ``bank_w[o_{w,k} : o_{w,k} + R_w]`` (``R_w`` = the level's region size, see
+:func:`~weightspace.ensembles.superweights.plan.slot_regions`), and the regions are
+assembled into the weight's shape. The layer's weight, its **SuperWeight**, is
+
+.. math::
+
+    W = \\sum_{k=1}^{K} \\alpha_k T_k ,
+
+with learned coefficients ``alpha`` (``K <= 8``). The windows of all slots drawing on a
+bank are interleaved and spread evenly over it (:func:`window_offsets`); one slot's
+windows are distinct, so at any position its ``K`` template values are distinct bank
+entries.
+
+Initialisation. The bank entries are i.i.d. with unit variance (uniform on
+``[-sqrt 3, sqrt 3]``) and each coefficient vector is a random direction of norm
+``1 / sqrt(3 fan_in)``, so ``Var W = |alpha|^2 = 1 / (3 fan_in)``: every composed layer
+starts at the scale of PyTorch's default Linear/Conv init (kaiming-uniform with
+``a = sqrt 5``, bound ``1 / sqrt(fan_in)``) for its own fan-in. (The authors' code gives
+every bank one standard deviation, about 0.47, whatever the layers' fan-ins.)
+Coefficients get no weight decay (supplement Sec. 1, "weight decay ... on all parameters
+except weight coefficients"): see :meth:`ParameterBank.param_groups`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from weightspace.ensembles.superweights.budget import BankAllocation
+from weightspace.ensembles.superweights.plan import SharingPlan, slot_regions
+from weightspace.errors import InvalidParameterError
+
+__all__ = ["ParameterBank", "Region", "window_offsets"]
+
+
+def window_offsets(
+    bank_size: int, window: int, k: int, slot: int = 0, n_slots: int = 1
+) -> tuple[int, ...]:
+    """Starts of the ``k`` windows of one slot, interleaved with the other slots' windows.
+
+    The ``n_slots * k`` windows of the slots that share a bank are spread evenly over it,
+    window ``j`` of slot ``q`` being number ``j * n_slots + q``; so slots take different
+    parts of the bank when it is large, and overlapping, shifted windows when it is not.
+
+    Parameters
+    ----------
+    bank_size, window, k : int
+        ``window <= bank_size``; ``k = 1`` or ``k <= bank_size - window`` (then the
+        windows of one slot are at least one element apart, hence distinct).
+    slot, n_slots : int
+        This slot's index among the ``n_slots`` slots drawing on the bank.
+
+    Returns
+    -------
+    tuple of int, length k
+        ``round((j n_slots + slot) (bank_size - window) / (k n_slots - 1))``; ``(0,)``
+        when ``k n_slots = 1``.
+    """
+    span = bank_size - window
+    if not 1 <= window <= bank_size or not (k == 1 or 1 <= k <= span):
+        raise InvalidParameterError(
+            f"cannot place {k} distinct windows of {window} elements in a bank of {bank_size}"
+        )
+    total = k * n_slots
+    if total == 1:
+        return (0,)
+    return tuple(round((j * n_slots + slot) * span / (total - 1)) for j in range(k))
+
+
+class Region:
+    """The windows of one width level of a slot: bank index, size and ``K`` offsets."""
+
+    __slots__ = ("bank", "offsets", "size")
+
+    def __init__(self, bank: int, size: int, offsets: tuple[int, ...]) -> None:
+        self.bank, self.size, self.offsets = bank, size, offsets
+
+    def __repr__(self) -> str:
+        return f"Region(bank={self.bank}, size={self.size}, offsets={self.offsets})"
+
+
+class ParameterBank(nn.Module):
+    """The banks and coefficients of a SuperWeight ensemble, and SuperWeight composition.
+
+    Parameters
+    ----------
+    plan : SharingPlan
+        Slots, clusters and coefficient sets.
+    allocation : BankAllocation
+        Bank sizes and template counts
+        (:func:`~weightspace.ensembles.superweights.budget.allocate`).
+    generator : torch.Generator, optional
+        Randomness of the initialisation.
+
+    Attributes
+    ----------
+    banks : nn.ParameterList
+        One flat vector per ``allocation.bank_keys[i] = (cluster, width slice)``.
+    coefficients : nn.ParameterList
+        One ``alpha`` of shape ``(K_slot,)`` per coefficient set.
+    regions : list of list of Region
+        Per slot, its width levels' windows.
+    """
+
+    def __init__(
+        self,
+        plan: SharingPlan,
+        allocation: BankAllocation,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.plan = plan
+        self.allocation = allocation
+        index = {key: i for i, key in enumerate(allocation.bank_keys)}
+        self.banks = nn.ParameterList([nn.Parameter(torch.empty(n)) for n in allocation.bank_sizes])
+        self.coefficients = nn.ParameterList(
+            [nn.Parameter(torch.empty(allocation.templates[s])) for s in plan.coef_slot]
+        )
+        self.regions: list[list[Region]] = []
+        self.shapes: list[tuple[int, ...]] = []
+        users: dict[int, list[int]] = {}  # bank -> slots drawing on it
+        all_sizes = [slot_regions(slot) for slot in plan.slots]
+        for i, slot in enumerate(plan.slots):
+            for w in range(len(all_sizes[i][0])):
+                users.setdefault(index[(slot.cluster, w)], []).append(i)
+        for i, slot in enumerate(plan.slots):
+            sizes, perm = all_sizes[i]
+            k = allocation.templates[i]
+            regs = []
+            for w, size in enumerate(sizes):
+                b = index[(slot.cluster, w)]
+                offsets = window_offsets(
+                    allocation.bank_sizes[b], size, k, users[b].index(i), len(users[b])
+                )
+                regs.append(Region(b, size, offsets))
+            self.regions.append(regs)
+            self.shapes.append(slot.shape)
+            perm_t = None if perm is None else torch.tensor(perm, dtype=torch.long)
+            self.register_buffer(f"perm_{i}", perm_t, persistent=False)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Unit-variance banks; ``|alpha| = 1 / sqrt(3 fan_in)`` in a random direction.
+
+        ``fan_in`` is that of the slot's full composed weight (its widest member).
+        """
+        bound = math.sqrt(3.0)
+        for bank in self.banks:
+            u = torch.rand(bank.shape, generator=generator, dtype=torch.float64)
+            bank.copy_((2 * u - 1) * bound)
+        for c, alpha in enumerate(self.coefficients):
+            slot = self.plan.slots[self.plan.coef_slot[c]]
+            direction = torch.randn(alpha.shape, generator=generator, dtype=torch.float64)
+            direction /= direction.norm().clamp_min(1e-12)
+            alpha.copy_(direction / math.sqrt(3.0 * slot.fan_in))
+
+    def n_templates(self, slot: int) -> int:
+        """Number of templates ``K`` of a slot."""
+        return len(self.regions[slot][0].offsets)
+
+    def templates(self, slot: int) -> Tensor:
+        """The weight templates of a slot, stacked.
+
+        Parameters
+        ----------
+        slot : int
+
+        Returns
+        -------
+        Tensor, shape (K, out, in, *kernel)
+            ``out[k]`` assembles the ``k``-th window of each width slice; with one width
+            level, ``out[k].flatten()`` is exactly ``bank[o_k : o_k + numel]``.
+        """
+        parts = []
+        for reg in self.regions[slot]:
+            bank = self.banks[reg.bank]
+            parts.append(torch.stack([bank[o : o + reg.size] for o in reg.offsets]))
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        perm = getattr(self, f"perm_{slot}")
+        if perm is not None:
+            flat = flat.index_select(1, perm)
+        return flat.reshape(flat.shape[0], *self.shapes[slot])
+
+    def compose(self, slot: int, coef: int, templates: Tensor | None = None) -> Tensor:
+        """The SuperWeight ``W = sum_k alpha_k T_k`` of a slot with coefficient set ``coef``.
+
+        Parameters
+        ----------
+        slot, coef : int
+        templates : Tensor, shape (K, out, in, *kernel), optional
+            :meth:`templates` of the slot, when already computed.
+
+        Returns
+        -------
+        Tensor, shape (out, in, *kernel)
+            The slot's full weight (members crop their top-left block).
+        """
+        t = self.templates(slot) if templates is None else templates
+        return torch.tensordot(self.coefficients[coef], t, dims=1)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer groups: banks with ``weight_decay``, coefficients without.
+
+        Returns
+        -------
+        list of dict
+            ``[{"params": banks, "weight_decay": weight_decay},
+            {"params": coefficients, "weight_decay": 0.0}]``.
+        """
+        return [
+            {"params": list(self.banks), "weight_decay": float(weight_decay)},
+            {"params": list(self.coefficients), "weight_decay": 0.0},
+        ]
+
+    def extra_repr(self) -> str:
+        return (
+            f"banks={list(self.allocation.bank_sizes)}, "
+            f"coefficient_sets={len(self.coefficients)}, "
+            f"templates={list(self.allocation.templates)}"
+        )
