@@ -55,6 +55,42 @@ def test_outputs_and_keys(run):
     assert "- cross-layer flow" in tables and "- residual read-out" in tables
 
 
+def test_saved_generators_rebuild_the_evaluated_ones(run, monkeypatch):
+    """The bundle in data/06_models rebuilds WF exactly: same config, same layout, and the
+    students it generates for the held-out sets score the accuracy the report holds."""
+    from weightspace.config import from_mapping
+    from weightspace.evaluation import weightformer_protocol as wp
+    from weightspace.generators.weight_tokens import TokenLayout
+    from weightspace.generators.weightformer import WeightFormer, WeightFormerConfig
+    from weightspace.weights.stacking import stack_state_dicts
+    from weightspace_kedro.pipelines.zoo.nodes import load_datasets
+
+    root, metrics = run
+    monkeypatch.chdir(root)  # the zoo reads its checkpoints relative to the project
+    params = merged_params("test")
+    catalog = _catalog(params)
+    bundle = catalog.load("weightformer.generators")
+    zoo = catalog.load("zoo_weightformer.zoo_models")
+    data = load_datasets(params["zoo_weightformer"]["data"])["mnist1d"]
+    meta = bundle["metadata"]
+    held = meta["held_ids"]
+    assert not set(held) & set(meta["train_ids"])
+    template = zoo.module(held[0])
+    layout = TokenLayout.from_module(template)
+    assert meta["layout_fingerprint"] == layout.fingerprint
+    wf = WeightFormer(layout, from_mapping(WeightFormerConfig, meta["configs"]["wf"]))
+    prefix = "wf/"
+    state = {k[len(prefix) :]: v for k, v in bundle["tensors"].items() if k.startswith(prefix)}
+    wf.load_state_dict(state)
+    pool = stack_state_dicts([zoo.state(m) for m in held], layout.spec)
+    settings = from_mapping(wp.WeightFormerProtocol, meta["settings"]["protocol"])
+    sets = wp.heldout_sets(len(held), settings)
+    accs = [wp._generated_scores(wf, template, pool, i, data, 15)[0].acc for i in sets]
+    assert sum(accs) / len(accs) == pytest.approx(metrics["wf_acc"], abs=1e-6)
+    assert meta["best_step"]["wf"] == metrics["wf_best_step"]
+    assert {"wf", "wf_star", "mlp", "wf_no_cross"} <= set(meta["best_step"])
+
+
 def test_relations(run):
     _, m = run
     gap = m["ensemble_acc"] - m["single_acc"]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from weightspace.config import to_mapping
 from weightspace.data import SplitDataset
 from weightspace.data.base import SPLITS, Split
 from weightspace.device import resolve_device
@@ -165,6 +166,31 @@ def _on_device(
     splits = {s: Split(getattr(data, s).x.to(dev), getattr(data, s).y.to(dev)) for s in SPLITS}
     held = {k: v.to(dev) for k, v in pools["held"].items()}
     return copy.deepcopy(pools["template"]).to(dev), held, dataclasses.replace(data, **splits)
+
+
+def generators_bundle(
+    pools: Pools,
+    wf: torch.nn.Module,
+    wf_star: torch.nn.Module,
+    mlp: torch.nn.Module,
+    ablations: dict[str, torch.nn.Module],
+    settings: WeightFormerSettings,
+) -> dict[str, Any]:
+    """Every trained generator (``<name>/<param>``) in one bundle, with what rebuilds it:
+    the settings, the token layout's fingerprint, each generator's config and best step,
+    and the checkpoint ids it was trained on and evaluated with."""
+    gens = {"wf": wf, "wf_star": wf_star, "mlp": mlp, **ablations}
+    tensors = {f"{n}/{k}": v for n, g in gens.items() for k, v in g.state_dict().items()}
+    configs = {n: to_mapping(g.config) for n, g in gens.items() if hasattr(g, "config")}
+    metadata = {
+        "settings": to_mapping(settings),
+        "layout_fingerprint": pools["layout"].fingerprint,
+        "configs": configs,
+        "best_step": {n: int(getattr(g, "best_step", -1)) for n, g in gens.items()},
+        "train_ids": pools["train_ids"],
+        "held_ids": pools["held_ids"],
+    }
+    return {"tensors": tensors, "metadata": metadata}
 
 
 def report(

@@ -4,7 +4,7 @@ The ``zoo_weightformer`` zoo (72 checkpoints of one CNN: seeds x learning rates)
 ``weightformer`` namespace: typed settings -> split by checkpoint id (60 train / 12
 held out) -> WF, the ablations, the MLP baseline -> WF* (fine-tuned on held-out sets) ->
 evaluation on held-out teacher sets (with KD per set) and the teacher-number curve ->
-report.
+report; every trained generator is saved in ``data/06_models/weightformer``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate",
             ),
             Node(nodes.teacher_curve, ["pools", "wf", s], "curve", name="teacher_curve"),
+            Node(
+                nodes.generators_bundle,
+                ["pools", "wf", "wf_star", "mlp", "ablations", s],
+                "generators",
+                name="save_generators",
+            ),
             Node(
                 nodes.report,
                 ["result", "curve", "node_seconds"],
