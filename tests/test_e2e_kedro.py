@@ -168,6 +168,7 @@ def test_kedro_run_env_test_weightformer(project):
         assert 0.0 <= metrics[f"{m}_acc"] <= 1.0
     assert metrics["wf_seconds_per_student"] > 0
     assert (out / "teacher_number.png").stat().st_size > 5_000
+    assert (project / "data/06_models/weightformer/generators.safetensors").exists()
     assert Zoo.load(project / "data/03_primary/zoo_weightformer").verify() == ([], [])
 
 
