@@ -172,7 +172,19 @@ def test_kedro_run_env_test_weightformer(project):
     assert Zoo.load(project / "data/03_primary/zoo_weightformer").verify() == ([], [])
 
 
+def test_kedro_run_env_test_superweights(project):
+    _kedro(project, "run", "--env", "test", "--pipeline", "superweights")
+    out = project / "data/08_reporting/superweights"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for m in ("single", "de", "be", "swn_ho_q50", "swn_he_width_q50"):
+        assert 0.0 <= metrics[f"{m}_acc"] <= 1.0
+    for plot in ("anytime", "sensitivity", "interpolation", "clusters"):
+        assert (out / f"{plot}.png").stat().st_size > 5_000
+    assert (project / "data/07_model_output/superweights/result.json").exists()
+
+
 def test_registry_lists_pipelines(project):
     out = _kedro(project, "registry", "list").stdout
-    for name in ("zoo", "vectorize", "d2nwg", "fusion", "distill", "weightformer", "__default__"):
+    names = ("zoo", "vectorize", "d2nwg", "fusion", "distill", "weightformer", "superweights")
+    for name in (*names, "__default__"):
         assert f"- {name}" in out

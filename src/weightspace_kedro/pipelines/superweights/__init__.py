@@ -1,0 +1,5 @@
+"""SuperWeights: ``kedro run --pipeline=superweights``."""
+
+from weightspace_kedro.pipelines.superweights.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
