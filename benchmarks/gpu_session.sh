@@ -4,7 +4,7 @@
 # train the GPU zoo with Kedro. Results land in $OUT (default: benchmarks/results).
 # Usage there: bash benchmarks/gpu_session.sh     (with .whl carried; see fetch-wheels.sh)
 # Switches: CHECKS=0 skips checks + throughput, SKIP_KEDRO=1 skips the GPU zoo,
-# D2NWG=1 / FUSION=1 / DISTILL=1 / WF=1 add those pipelines' target runs (--env gpu).
+# D2NWG=1 / FUSION=1 / DISTILL=1 / WF=1 / SW=1 add those pipelines' target runs (--env gpu).
 set -euo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
@@ -49,4 +49,10 @@ if [ "${WF:-0}" = 1 ]; then
     > "$OUT/weightformer_gpu${TAG:-}.log" 2>&1 || true
   grep -vE "step/s\]|it/s\]|^\s+$" "$OUT/weightformer_gpu${TAG:-}.log" | tail -40
   cp benchmarks/results/weightformer_gpu* "$OUT/" 2>/dev/null || true
+fi
+if [ "${SW:-0}" = 1 ]; then
+  time python3 benchmarks/superweights_targets.py --env gpu --tag "${TAG:-}" \
+    > "$OUT/superweights_gpu${TAG:-}.log" 2>&1 || true
+  grep -vE "step/s\]|it/s\]|^\s+$" "$OUT/superweights_gpu${TAG:-}.log" | tail -40
+  cp benchmarks/results/superweights_gpu* "$OUT/" 2>/dev/null || true
 fi
