@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +33,43 @@ def print_targets(rows: list[Row]) -> None:
     print(f"{'target':<{width}}  {'measured':>10}  {'goal':<22} status")
     for name, value, goal, met in rows:
         print(f"{name:<{width}}  {value:>10.4f}  {goal:<22} {'met' if met else 'MISSED'}")
+
+
+def write_results(
+    pipeline: str, env: str, tag: str, rows: list[Row], metrics: dict, copies: Sequence[str]
+) -> Path:
+    """``benchmarks/results/<pipeline>_<env><tag>.json`` (device, targets, metrics) and
+    copies of the report files ``copies`` (names under ``data/08_reporting/<pipeline>``)
+    as ``<pipeline>_<env><tag>_<name>``; returns the JSON path."""
+    import torch
+
+    name = f"{pipeline}_{env}{tag}"
+    out = ROOT / "benchmarks/results" / f"{name}.json"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {
+        "device": device,
+        "targets": [{"name": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
+        "metrics": metrics,
+    }
+    out.write_text(json.dumps(result, indent=2))
+    report = ROOT / "data/08_reporting" / pipeline
+    for copy in copies:
+        shutil.copy(report / copy, out.with_name(f"{name}_{copy}"))
+    print(f"wrote {out.relative_to(ROOT)}")
+    return out
+
+
+def main(pipeline: str, doc: str, targets: Callable[[dict], list[Row]], copies: Sequence[str]):
+    """The command line of a ``<pipeline>_targets.py`` benchmark: ``--env``, ``--no-run``,
+    ``--tag``; runs the pipeline (unless ``--no-run``), prints the targets, writes results."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--env", default="base")
+    parser.add_argument("--no-run", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. _h200")
+    args = parser.parse_args()
+    metrics = pipeline_metrics(pipeline, args.env, run=not args.no_run)
+    rows = targets(metrics)
+    print_targets(rows)
+    write_results(pipeline, args.env, args.tag, rows, metrics, copies)

@@ -18,13 +18,7 @@ Nothing is tuned here.
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
-
-import torch
-
-from pipeline_targets import ROOT, Row, pipeline_metrics, print_targets
+from pipeline_targets import Row, main
 
 PLOTS = ("anytime", "sensitivity", "interpolation", "clusters")
 
@@ -62,30 +56,5 @@ def targets(m: dict) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="base")
-    parser.add_argument("--no-run", action="store_true")
-    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. _h200")
-    args = parser.parse_args()
-    metrics = pipeline_metrics("superweights", args.env, run=not args.no_run)
-    rows = targets(metrics)
-    print_targets(rows)
-    name = f"superweights_{args.env}{args.tag}"
-    out = ROOT / "benchmarks/results" / f"{name}.json"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    result = {
-        "device": device,
-        "targets": [{"name": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
-        "metrics": metrics,
-    }
-    out.write_text(json.dumps(result, indent=2))
-    report = ROOT / "data/08_reporting/superweights"
-    shutil.copy(report / "tables.md", out.with_name(f"{name}_tables.md"))
-    for plot in PLOTS:
-        shutil.copy(report / f"{plot}.png", out.with_name(f"{name}_{plot}.png"))
-    print(f"wrote {out.relative_to(ROOT)}")
-
-
 if __name__ == "__main__":
-    main()
+    main("superweights", __doc__, targets, ["tables.md", *(f"{p}.png" for p in PLOTS)])

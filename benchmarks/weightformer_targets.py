@@ -21,13 +21,7 @@ tables and the teacher-number plot. Nothing is tuned here.
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
-
-import torch
-
-from pipeline_targets import ROOT, Row, pipeline_metrics, print_targets
+from pipeline_targets import Row, main
 
 
 def targets(m: dict) -> list[Row]:
@@ -53,29 +47,5 @@ def targets(m: dict) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="base")
-    parser.add_argument("--no-run", action="store_true")
-    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. _h200")
-    args = parser.parse_args()
-    metrics = pipeline_metrics("weightformer", args.env, run=not args.no_run)
-    rows = targets(metrics)
-    print_targets(rows)
-    name = f"weightformer_{args.env}{args.tag}"
-    out = ROOT / "benchmarks/results" / f"{name}.json"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    result = {
-        "device": device,
-        "targets": [{"name": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
-        "metrics": metrics,
-    }
-    out.write_text(json.dumps(result, indent=2))
-    report = ROOT / "data/08_reporting/weightformer"
-    shutil.copy(report / "tables.md", out.with_name(f"{name}_tables.md"))
-    shutil.copy(report / "teacher_number.png", out.with_name(f"{name}_teacher_number.png"))
-    print(f"wrote {out.relative_to(ROOT)}")
-
-
 if __name__ == "__main__":
-    main()
+    main("weightformer", __doc__, targets, ["tables.md", "teacher_number.png"])
