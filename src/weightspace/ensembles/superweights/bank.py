@@ -16,11 +16,14 @@ bank are interleaved and spread evenly over it (:func:`window_offsets`); one slo
 windows are distinct, so at any position its ``K`` template values are distinct bank
 entries.
 
-Initialisation. The bank entries are i.i.d. with unit variance (uniform on
-``[-sqrt 3, sqrt 3]``) and each coefficient vector is a random direction of norm
-``1 / sqrt(3 fan_in)``, so ``Var W = |alpha|^2 = 1 / (3 fan_in)``: every composed layer
-starts at the scale of PyTorch's default Linear/Conv init (kaiming-uniform with
-``a = sqrt 5``, bound ``1 / sqrt(fan_in)``) for its own fan-in. (The authors' code gives
+Initialisation. The entries of bank ``b`` are i.i.d. uniform with standard deviation
+``s_b``, the mean ``1 / sqrt(3 fan_in)`` of the layers drawing on it, and each
+coefficient vector is a random direction of norm ``(1 / sqrt(3 fan_in)) / s_b``, so
+``Var W = |alpha|^2 s_b^2 = 1 / (3 fan_in)``: every composed layer starts at the scale of
+PyTorch's default Linear/Conv init (kaiming-uniform with ``a = sqrt 5``, bound
+``1 / sqrt(fan_in)``) for its own fan-in, and the templates live at the scale of the
+weights they replace, which is what Adam's absolute step size assumes (with unit-variance
+banks and ``|alpha| = 1 / sqrt(3 fan_in)`` the members trained several times slower). (The authors' code gives
 every bank one standard deviation, about 0.47, whatever the layers' fan-ins.)
 Coefficients get no weight decay (supplement Sec. 1, "weight decay ... on all parameters
 except weight coefficients"): see :meth:`ParameterBank.param_groups`.
@@ -144,23 +147,37 @@ class ParameterBank(nn.Module):
             self.shapes.append(slot.shape)
             perm_t = None if perm is None else torch.tensor(perm, dtype=torch.long)
             self.register_buffer(f"perm_{i}", perm_t, persistent=False)
+        # each bank at the weight scale of the layers drawing on it (mean of their
+        # 1 / sqrt(3 fan_in)), so Adam moves templates at the rate it moves plain weights
+        self.bank_scale = [
+            sum(1.0 / math.sqrt(3.0 * plan.slots[i].fan_in) for i in users[b]) / len(users[b])
+            if users.get(b)
+            else 1.0
+            for b in range(len(allocation.bank_sizes))
+        ]
         self.reset_parameters(generator)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Unit-variance banks; ``|alpha| = 1 / sqrt(3 fan_in)`` in a random direction.
+        """Banks uniform with std ``s_b`` (their users' mean ``1 / sqrt(3 fan_in)``);
+        ``|alpha| = (1 / sqrt(3 fan_in)) / s_b`` in a random direction, so every composed
+        weight starts at its own fan-in scale and templates and plain weights share one
+        scale (Adam's step is in absolute units: unit-variance banks would train ~10x
+        slower than the network they replace).
 
-        ``fan_in`` is that of the slot's full composed weight (its widest member).
+        ``fan_in`` is that of the slot's full composed weight (its widest member); ``s_b``
+        that of the bank its widest level draws on.
         """
-        bound = math.sqrt(3.0)
-        for bank in self.banks:
+        for bank, scale in zip(self.banks, self.bank_scale, strict=True):
             u = torch.rand(bank.shape, generator=generator, dtype=torch.float64)
-            bank.copy_((2 * u - 1) * bound)
+            bank.copy_((2 * u - 1) * math.sqrt(3.0) * scale)
         for c, alpha in enumerate(self.coefficients):
-            slot = self.plan.slots[self.plan.coef_slot[c]]
+            i = self.plan.coef_slot[c]
+            slot = self.plan.slots[i]
             direction = torch.randn(alpha.shape, generator=generator, dtype=torch.float64)
             direction /= direction.norm().clamp_min(1e-12)
-            alpha.copy_(direction / math.sqrt(3.0 * slot.fan_in))
+            scale = self.bank_scale[self.regions[i][0].bank]
+            alpha.copy_(direction / math.sqrt(3.0 * slot.fan_in) / scale)
 
     def n_templates(self, slot: int) -> int:
         """Number of templates ``K`` of a slot."""
