@@ -23,8 +23,9 @@ coefficient vector is a random direction of norm ``(1 / sqrt(3 fan_in)) / s_b``,
 PyTorch's default Linear/Conv init (kaiming-uniform with ``a = sqrt 5``, bound
 ``1 / sqrt(fan_in)``) for its own fan-in, and the templates live at the scale of the
 weights they replace, which is what Adam's absolute step size assumes (with unit-variance
-banks and ``|alpha| = 1 / sqrt(3 fan_in)`` the members trained several times slower). (The authors' code gives
-every bank one standard deviation, about 0.47, whatever the layers' fan-ins.)
+banks and ``|alpha| = 1 / sqrt(3 fan_in)`` the members trained several times slower).
+(The authors' code gives every bank one standard deviation, about 0.47, whatever the
+layers' fan-ins.)
 Coefficients get no weight decay (supplement Sec. 1, "weight decay ... on all parameters
 except weight coefficients"): see :meth:`ParameterBank.param_groups`.
 """
