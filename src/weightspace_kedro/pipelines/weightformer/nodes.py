@@ -132,18 +132,22 @@ def finetune_wf_star(
     return _fit_on_device(wf, pools, "held", settings.protocol.finetune, settings.device)
 
 
-def evaluate(
-    pools: Pools,
+def collect_generators(
     wf: torch.nn.Module,
     wf_star: torch.nn.Module,
     mlp: torch.nn.Module,
     ablations: dict[str, torch.nn.Module],
-    settings: WeightFormerSettings,
+) -> dict[str, torch.nn.Module]:
+    """Every trained generator by report name (wf, wf_star, mlp, wf_no_*)."""
+    return {"wf": wf, "wf_star": wf_star, "mlp": mlp, **ablations}
+
+
+def evaluate(
+    pools: Pools, generators: dict[str, torch.nn.Module], settings: WeightFormerSettings
 ) -> dict[str, Any]:
     """Every method on the held-out sets (Table 1, Table 4, cost)."""
     dev = resolve_device(settings.device)
     template, held, data = _on_device(pools, dev)
-    generators = {"wf": wf, "wf_star": wf_star, "mlp": mlp, **ablations}
     on_dev = {k: copy.deepcopy(g).to(dev) for k, g in generators.items()}
     result = wp.evaluate_sets(template, held, data, on_dev, settings.protocol)
     result["best_step"] = {k: float(getattr(g, "best_step", -1)) for k, g in generators.items()}
@@ -169,17 +173,12 @@ def _on_device(
 
 
 def generators_bundle(
-    pools: Pools,
-    wf: torch.nn.Module,
-    wf_star: torch.nn.Module,
-    mlp: torch.nn.Module,
-    ablations: dict[str, torch.nn.Module],
-    settings: WeightFormerSettings,
+    pools: Pools, generators: dict[str, torch.nn.Module], settings: WeightFormerSettings
 ) -> dict[str, Any]:
     """Every trained generator (``<name>/<param>``) in one bundle, with what rebuilds it:
     the settings, the token layout's fingerprint, each generator's config and best step,
     and the checkpoint ids it was trained on and evaluated with."""
-    gens = {"wf": wf, "wf_star": wf_star, "mlp": mlp, **ablations}
+    gens = generators
     tensors = {f"{n}/{k}": v for n, g in gens.items() for k, v in g.state_dict().items()}
     configs = {n: to_mapping(g.config) for n, g in gens.items() if hasattr(g, "config")}
     metadata = {
