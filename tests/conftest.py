@@ -64,15 +64,17 @@ def merged_params(env: str) -> dict:
 
 def pipeline_catalog(method: str, params: dict):
     """The project catalog entries of ``<method>.*`` and the zoo patterns, plus the
-    parameters of ``zoo_<method>`` and ``<method>.settings``: what a SequentialRunner test
-    of one method pipeline needs (paths relative to the working directory)."""
+    parameters of ``zoo_<method>`` (if it has a zoo) and every ``<method>.<block>``
+    (settings, data): what a SequentialRunner test of one method pipeline needs (paths
+    relative to the working directory)."""
     from kedro.config import OmegaConfigLoader
     from kedro.io import DataCatalog, MemoryDataset
 
     conf = OmegaConfigLoader(str(ROOT / "conf"), env="base", base_env="base")["catalog"]
     keep = {k: v for k, v in conf.items() if k.startswith((f"{method}.", "{ns}.", "{default}"))}
     catalog = DataCatalog.from_config(keep)
-    for block in ("data", "grid", "run"):
+    for block in ("data", "grid", "run") if f"zoo_{method}" in params else ():
         catalog[f"params:zoo_{method}.{block}"] = MemoryDataset(params[f"zoo_{method}"][block])
-    catalog[f"params:{method}.settings"] = MemoryDataset(params[method]["settings"])
+    for block, value in params[method].items():  # settings, and data where a method has it
+        catalog[f"params:{method}.{block}"] = MemoryDataset(value)
     return catalog

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kedro.runner import SequentialRunner
 
-from conftest import ROOT, merged_params
+from conftest import merged_params, pipeline_catalog
 from weightspace.errors import InvalidParameterError
 from weightspace_kedro.pipelines.superweights.pipeline import create_pipeline
 
@@ -33,15 +33,7 @@ def _is_timing(key: str) -> bool:
 
 
 def _catalog(params: dict):
-    from kedro.config import OmegaConfigLoader
-    from kedro.io import DataCatalog, MemoryDataset
-
-    conf = OmegaConfigLoader(str(ROOT / "conf"), env="base", base_env="base")["catalog"]
-    keep = {k: v for k, v in conf.items() if k.startswith(("superweights.", "{ns}."))}
-    catalog = DataCatalog.from_config(keep)
-    catalog["params:superweights.data"] = MemoryDataset(params["superweights"]["data"])
-    catalog["params:superweights.settings"] = MemoryDataset(params["superweights"]["settings"])
-    return catalog
+    return pipeline_catalog("superweights", params)
 
 
 @pytest.fixture(scope="module")
