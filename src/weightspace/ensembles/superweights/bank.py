@@ -33,6 +33,8 @@ except weight coefficients"): see :meth:`ParameterBank.param_groups`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -146,8 +148,8 @@ class ParameterBank(nn.Module):
                 regs.append(Region(b, size, offsets))
             self.regions.append(regs)
             self.shapes.append(slot.shape)
-            perm_t = None if perm is None else torch.tensor(perm, dtype=torch.long)
-            self.register_buffer(f"perm_{i}", perm_t, persistent=False)
+            self.register_buffer(f"index_{i}", self._gather_index(regs, perm), persistent=False)
+        self._pass: dict | None = None
         # each bank at the weight scale of the layers drawing on it (mean of their
         # 1 / sqrt(3 fan_in)), so Adam moves templates at the rate it moves plain weights
         self.bank_scale = [
@@ -184,6 +186,47 @@ class ParameterBank(nn.Module):
         """Number of templates ``K`` of a slot."""
         return len(self.regions[slot][0].offsets)
 
+    def _gather_index(self, regions: list[Region], perm: list[int] | None) -> Tensor:
+        """Positions in ``cat(banks)`` of a slot's templates, shape ``(K, numel)``.
+
+        Row ``k`` holds, level by level, ``start_b + o_{w,k} + arange(R_w)``, permuted to
+        the weight's row-major order: one gather then builds all ``K`` templates.
+        """
+        starts = [0]
+        for n in self.allocation.bank_sizes:
+            starts.append(starts[-1] + n)
+        parts = [
+            starts[reg.bank]
+            + torch.tensor(reg.offsets, dtype=torch.long)[:, None]
+            + torch.arange(reg.size, dtype=torch.long)[None, :]
+            for reg in regions
+        ]
+        index = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if perm is not None:
+            index = index[:, torch.tensor(perm, dtype=torch.long)]
+        return index.contiguous()
+
+    @contextmanager
+    def shared_pass(self) -> Iterator[None]:
+        """Build each slot's templates and each (slot, coefficient set)'s SuperWeight once
+        inside the block, however many layers read them (one forward pass of all members:
+        the block must not span an optimizer step)."""
+        outer = self._pass is None
+        if outer:
+            self._pass = {"flat": None, "templates": {}, "composed": {}}
+        try:
+            yield
+        finally:
+            if outer:
+                self._pass = None
+
+    def _flat(self) -> Tensor:
+        if self._pass is None:
+            return torch.cat(list(self.banks))
+        if self._pass["flat"] is None:
+            self._pass["flat"] = torch.cat(list(self.banks))
+        return self._pass["flat"]
+
     def templates(self, slot: int) -> Tensor:
         """The weight templates of a slot, stacked.
 
@@ -197,15 +240,15 @@ class ParameterBank(nn.Module):
             ``out[k]`` assembles the ``k``-th window of each width slice; with one width
             level, ``out[k].flatten()`` is exactly ``bank[o_k : o_k + numel]``.
         """
-        parts = []
-        for reg in self.regions[slot]:
-            bank = self.banks[reg.bank]
-            parts.append(torch.stack([bank[o : o + reg.size] for o in reg.offsets]))
-        flat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        perm = getattr(self, f"perm_{slot}")
-        if perm is not None:
-            flat = flat.index_select(1, perm)
-        return flat.reshape(flat.shape[0], *self.shapes[slot])
+        cache = None if self._pass is None else self._pass["templates"]
+        if cache is not None and slot in cache:
+            return cache[slot]
+        index = getattr(self, f"index_{slot}")
+        out = self._flat().index_select(0, index.flatten())
+        out = out.view(index.shape[0], *self.shapes[slot])
+        if cache is not None:
+            cache[slot] = out
+        return out
 
     def compose(self, slot: int, coef: int, templates: Tensor | None = None) -> Tensor:
         """The SuperWeight ``W = sum_k alpha_k T_k`` of a slot with coefficient set ``coef``.
@@ -221,8 +264,14 @@ class ParameterBank(nn.Module):
         Tensor, shape (out, in, *kernel)
             The slot's full weight (members crop their top-left block).
         """
+        cache = None if self._pass is None else self._pass["composed"]
+        if cache is not None and (slot, coef) in cache:
+            return cache[(slot, coef)]
         t = self.templates(slot) if templates is None else templates
-        return torch.tensordot(self.coefficients[coef], t, dims=1)
+        out = torch.tensordot(self.coefficients[coef], t, dims=1)
+        if cache is not None:
+            cache[(slot, coef)] = out
+        return out
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer groups: banks with ``weight_decay``, coefficients without.

@@ -213,7 +213,8 @@ class SuperWeightEnsemble(nn.Module):
         Tensor, shape (N, B, C)
             ``out[i]`` are member ``i``'s logits.
         """
-        return torch.stack([net(x) for net in self.members])
+        with self.bank.shared_pass():
+            return torch.stack([net(x) for net in self.members])
 
     def _check_index(self, i: object) -> int:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_members:
