@@ -144,6 +144,8 @@ class SuperWeightEnsemble(nn.Module):
                     )
             nets.append(net)
         self.members = nn.ModuleList(nets)
+        # the members' own parameters and buffers as built, for reset_members()
+        self._initial_members = copy.deepcopy(self.members.state_dict())
         self.fixed_parameters = sum(p.numel() for p in self.members.parameters() if p.requires_grad)
         self._generator = torch.Generator().manual_seed(int(seed))
         self._install(plan)
@@ -268,6 +270,11 @@ class SuperWeightEnsemble(nn.Module):
         groups = self.bank.param_groups(weight_decay)
         own = [p for p in self.members.parameters() if p.requires_grad]
         return [*groups, {"params": own, "weight_decay": float(weight_decay)}]
+
+    def reset_members(self) -> None:
+        """Put every member's own parameters and buffers (stems, classifiers, norms,
+        biases) back to their values at construction; the bank is left as it is."""
+        self.members.load_state_dict(self._initial_members)
 
     # ------------------------------------------------------------------ gradients
     def start_recording(self) -> None:

@@ -4,18 +4,22 @@ All members are trained together on the same batches with the sum of their
 cross-entropies (supplement Sec. 1; the authors' code). The sharing structure is learned
 on the way (supplement Sec. 1.1, 2 and 3.5):
 
-1. after a warm-up epoch (``refine_epoch``, default 1) whose weight gradients were
-   accumulated, SuperWeight clusters are refined with threshold ``tau`` (0.1 in the
-   paper; ``None`` skips it, e.g. for homogeneous ensembles and the "one SuperWeight per
-   layer" baseline); the banks are re-allocated and re-initialised for the new clusters;
-2. at ``unshare_epoch`` (10 in the paper, clipped to the run length), shared coefficients
-   are un-shared with threshold ``beta`` from the coefficient gradients accumulated over
-   that epoch (``None`` skips it). When both steps fall on the same epoch, un-sharing
-   runs first, on the same gradients.
+1. **cluster refinement** (``tau``; 0.1 in the paper; ``None`` skips it, e.g. for
+   homogeneous ensembles and the "one SuperWeight per layer" baseline): a warm-up of
+   ``refine_epoch`` epochs (default 1) accumulates the layers' weight gradients over its
+   last epoch, the SuperWeight clusters are split by Eq. 2 / Algorithm 1, and then, as in
+   the authors' code (``learn_gradient_similarity_groups``: the warm-up model is analysed
+   and discarded), the ensemble **restarts from its initial state** with the refined
+   clusters (fresh banks and coefficients, the members' own parameters reset) and trains
+   for the full ``epochs``. ``restart_after_refine=False`` keeps the warm-up's member
+   parameters and continues instead (the warm-up epochs then count towards ``epochs``);
+2. **coefficient un-sharing** at ``unshare_epoch`` (10 in the paper, clipped to the run
+   length) of the main phase, in place, with threshold ``beta`` from the coefficient
+   gradients accumulated over that epoch (``None`` skips it).
 
 After each step the optimizer is rebuilt over the new parameters; the state of the
-parameters that survive (per-member ones, and the banks after un-sharing) is carried over.
-Coefficients get no weight decay.
+parameters that survive (per-member ones, and the banks after un-sharing) is carried over
+(not across a restart). Coefficients get no weight decay.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class SuperWeightTrainConfig:
         Coefficient un-sharing threshold in ``[-1, 1]``; None: no un-sharing.
     unshare_epoch : int
         Epoch (1-based) after which coefficients are un-shared; clipped to ``epochs``.
+    restart_after_refine : bool
+        True (the authors' code): the refinement warm-up is discarded and the refined
+        ensemble trains from its initial state for ``epochs``; False: training continues
+        from the warm-up's member parameters (fresh banks), ``refine_epoch`` included in
+        ``epochs``.
     seed : int
         Seed of the batch order.
     """
@@ -72,6 +81,7 @@ class SuperWeightTrainConfig:
     refine_epoch: int = 1
     beta: float | None = None
     unshare_epoch: int = 10
+    restart_after_refine: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,6 +119,31 @@ def _optimizer(
     return opt
 
 
+def _epoch(
+    ensemble: SuperWeightEnsemble,
+    x: Tensor,
+    y: Tensor,
+    opt: torch.optim.Optimizer,
+    batch_size: int,
+    gen: torch.Generator,
+) -> float:
+    """One pass over ``(x, y)`` in a seeded order; returns the mean summed CE."""
+    order = torch.randperm(x.shape[0], generator=gen).to(x.device)
+    total = torch.zeros((), device=x.device)
+    n_batches = 0
+    for start in range(0, x.shape[0], batch_size):
+        idx = order[start : start + batch_size]
+        logits = ensemble.member_logits(x[idx])  # (N, B, C)
+        loss = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(logits.shape[0]))
+        loss = loss * logits.shape[0]  # sum over members of each member's mean CE
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach()
+        n_batches += 1
+    return float(total) / n_batches
+
+
 def train_superweights(
     ensemble: SuperWeightEnsemble,
     x: Tensor,
@@ -131,9 +166,10 @@ def train_superweights(
     Returns
     -------
     list of dict
-        One row per epoch: ``epoch``, ``loss`` (mean summed cross-entropy over the
-        epoch's batches), ``member_loss`` (its mean per member), ``n_clusters`` and
-        ``n_coefficient_sets`` at the end of the epoch.
+        One row per epoch: ``phase`` (``"warmup"`` for the discarded refinement warm-up,
+        ``"train"`` otherwise), ``epoch`` (1-based within its phase), ``loss`` (mean
+        summed cross-entropy over the epoch's batches), ``member_loss`` (its mean per
+        member), ``n_clusters`` and ``n_coefficient_sets`` at the end of the epoch.
     """
     config = config or SuperWeightTrainConfig()
     if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
@@ -144,39 +180,15 @@ def train_superweights(
     device = next(ensemble.parameters()).device
     x, y = x.to(device), y.to(device)
     gen = torch.Generator().manual_seed(config.seed)
+    restart = config.tau is not None and config.restart_after_refine
     refine_at = config.refine_epoch if config.tau is not None else None
     unshare_at = min(config.unshare_epoch, config.epochs) if config.beta is not None else None
-    opt = _optimizer(ensemble, config)
     history: list[dict[str, float]] = []
-    ensemble.train()
-    for epoch in tqdm(range(1, config.epochs + 1), disable=not progress, desc="superweights"):
-        record = epoch in (refine_at, unshare_at)
-        if record:
-            ensemble.start_recording()
-        order = torch.randperm(x.shape[0], generator=gen).to(device)
-        total = torch.zeros((), device=device)
-        n_batches = 0
-        for start in range(0, x.shape[0], config.batch_size):
-            idx = order[start : start + config.batch_size]
-            logits = ensemble.member_logits(x[idx])  # (N, B, C)
-            loss = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(logits.shape[0]))
-            loss = loss * logits.shape[0]  # sum over members of each member's mean CE
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-            n_batches += 1
-        if record:
-            ensemble.stop_recording()
-        if epoch == unshare_at:
-            ensemble.unshare_coefficients(config.beta)
-            opt = _optimizer(ensemble, config, opt)
-        if epoch == refine_at:
-            ensemble.refine_clusters(config.tau)
-            opt = _optimizer(ensemble, config, opt)
-        mean = float(total) / n_batches
+
+    def log(phase: str, epoch: int, mean: float) -> None:
         history.append(
             {
+                "phase": phase,
                 "epoch": epoch,
                 "loss": mean,
                 "member_loss": mean / ensemble.n_members,
@@ -184,5 +196,28 @@ def train_superweights(
                 "n_coefficient_sets": ensemble.plan.n_coefficient_sets,
             }
         )
-        logger.info("superweights epoch %d: loss %.4f", epoch, mean)
+        logger.info("superweights %s epoch %d: loss %.4f", phase, epoch, mean)
+
+    ensemble.train()
+    opt = _optimizer(ensemble, config)
+    warmup = refine_at if restart else 0
+    total = warmup + config.epochs
+    for step in tqdm(range(1, total + 1), disable=not progress, desc="superweights"):
+        phase, epoch = ("warmup", step) if step <= warmup else ("train", step - warmup)
+        refine = epoch == refine_at and (phase == "warmup" or not restart)
+        unshare = phase == "train" and epoch == unshare_at
+        if refine or unshare:
+            ensemble.start_recording()
+        mean = _epoch(ensemble, x, y, opt, config.batch_size, gen)
+        if refine or unshare:
+            ensemble.stop_recording()
+        if unshare:
+            ensemble.unshare_coefficients(config.beta)
+            opt = _optimizer(ensemble, config, opt)
+        if refine:
+            ensemble.refine_clusters(config.tau)
+            if restart:
+                ensemble.reset_members()
+            opt = _optimizer(ensemble, config, None if restart else opt)
+        log(phase, epoch, mean)
     return history

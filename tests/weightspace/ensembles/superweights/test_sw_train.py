@@ -40,8 +40,11 @@ def test_joint_training_lowers_the_loss_and_learns_the_structure():
         epochs=8, batch_size=32, lr=1e-2, tau=0.1, refine_epoch=1, beta=0.5, seed=0
     )
     history = train_superweights(ens, x, y, config)
-    assert [h["epoch"] for h in history] == list(range(1, 9))
-    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    # one discarded warm-up epoch, then the refined ensemble's 8 epochs from scratch
+    assert [(h["phase"], h["epoch"]) for h in history] == [("warmup", 1)] + [
+        ("train", e) for e in range(1, 9)
+    ]
+    assert history[-1]["loss"] < 0.7 * history[1]["loss"]
     # refinement after the warm-up epoch only splits the depth bins
     assert history[0]["n_clusters"] >= n_clusters
     assert history[-1]["member_loss"] == pytest.approx(history[-1]["loss"] / 3)
@@ -52,6 +55,30 @@ def test_joint_training_lowers_the_loss_and_learns_the_structure():
     with torch.no_grad():
         acc = (ens.member_logits(x).argmax(-1) == y).float().mean()
     assert acc > 0.6
+
+
+def test_without_restart_the_warmup_counts_towards_the_epochs():
+    x, y = _data(48)
+    config = SuperWeightTrainConfig(
+        epochs=3, batch_size=16, lr=1e-2, tau=0.1, restart_after_refine=False
+    )
+    history = train_superweights(_ensemble(), x, y, config)
+    assert [(h["phase"], h["epoch"]) for h in history] == [("train", e) for e in (1, 2, 3)]
+
+
+def test_restart_resets_the_members_and_reinitialises_the_bank():
+    x, y = _data(48)
+    ens = _ensemble()
+    initial = {k: v.clone() for k, v in ens.members.state_dict().items()}
+    config = SuperWeightTrainConfig(epochs=1, batch_size=16, lr=1e-2, tau=0.1, beta=None)
+    train_superweights(ens, x, y, config)
+    trained = ens.members.state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)  # it did train
+    bank_before = [b.detach().clone() for b in ens.bank.banks]
+    ens.reset_members()
+    for k, v in ens.members.state_dict().items():
+        assert torch.equal(v, initial[k]), k
+    assert all(torch.equal(a, b) for a, b in zip(bank_before, ens.bank.banks, strict=True))
 
 
 def test_training_is_seeded():
