@@ -196,7 +196,7 @@ def train_superweights(
                 "n_coefficient_sets": ensemble.plan.n_coefficient_sets,
             }
         )
-        logger.info("superweights %s epoch %d: loss %.4f", phase, epoch, mean)
+        logger.debug("superweights %s epoch %d: loss %.4f", phase, epoch, mean)
 
     ensemble.train()
     opt = _optimizer(ensemble, config)
