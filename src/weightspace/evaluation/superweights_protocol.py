@@ -52,16 +52,19 @@ of 1024); and the learned cluster membership of each heterogeneous SWN at
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from weightspace.config import to_mapping
 from weightspace.data.base import SplitDataset
 from weightspace.device import resolve_device
 from weightspace.ensembles.superweights import (
@@ -73,6 +76,7 @@ from weightspace.ensembles.superweights import (
     member_flops,
 )
 from weightspace.errors import InvalidParameterError
+from weightspace.evaluation.run_journal import RunJournal, fingerprint
 from weightspace.evaluation.superweights_members import (
     KINDS,
     MemberRun,
@@ -96,6 +100,7 @@ logger = logging.getLogger(__name__)
 
 _BASE = {"stem_channels": 8, "stages": [[8, 2], [16, 2], [32, 2]], "norm": "batch"}
 _TIMING_REPEATS = 3
+_EXTRAS = ("anytime", "anytime_seconds", "interpolation", "clusters")
 
 
 def _train_default() -> SuperWeightTrainConfig:
@@ -433,11 +438,14 @@ def _label(job: RunSpec) -> str | None:
     return None
 
 
-def _extras(job: RunSpec, run: MemberRun, ctx: Runner, out: dict) -> None:
-    """Anytime curves, interpolation and clusters of the first seed's runs."""
+def _extras(job: RunSpec, run: MemberRun, ctx: Runner) -> dict:
+    """Anytime curves, interpolation and clusters of the first seed's runs, as a fragment
+    ``{"anytime": {label: ...}, "anytime_seconds": ..., "interpolation": ..., "clusters":
+    ...}`` of the result (empty dicts where the job contributes nothing)."""
     p, label = ctx.p, _label(job)
+    out: dict = {k: {} for k in _EXTRAS}
     if label is None or job.seed != p.seeds[0]:
-        return
+        return out
     y, x = ctx.test.y, ctx.test.x
     if job.method != "swn" or job.budget == p.anytime_budget:
         entries = _anytime(run, y, p, ctx.shape, prefixes=job.method == "be")
@@ -448,10 +456,19 @@ def _extras(job: RunSpec, run: MemberRun, ctx: Runner, out: dict) -> None:
         out["interpolation"][label] = _interpolation(run, p, x, y, ctx.device)
     if job.method == "swn" and job.kind != "ho" and job.budget == p.anytime_budget:
         out["clusters"][label] = _clusters(run.model)
+    return out
+
+
+def _journal_key(job: RunSpec) -> str:
+    """The name of a job's record: every field of its spec."""
+    return "_".join(f"{f.name}={getattr(job, f.name)}" for f in dataclasses.fields(job))
 
 
 def run_superweights(
-    data: SplitDataset, protocol: SuperWeightsProtocol, progress: bool = False
+    data: SplitDataset,
+    protocol: SuperWeightsProtocol,
+    progress: bool = False,
+    journal_dir: str | Path | None = None,
 ) -> dict:
     """Run every method of the protocol on ``data`` (train on ``train``, score on ``test``).
 
@@ -461,6 +478,10 @@ def run_superweights(
     protocol : SuperWeightsProtocol
     progress : bool
         One progress bar over the runs.
+    journal_dir : str or Path, optional
+        Keep each finished run in a :class:`~weightspace.evaluation.run_journal.RunJournal`
+        under this folder, so a killed run resumes where it was (the journal is keyed by
+        a fingerprint of the protocol and the data: other settings never reuse it).
 
     Returns
     -------
@@ -485,15 +506,16 @@ def run_superweights(
         raise InvalidParameterError(f"data must be a SplitDataset, got {type(data).__name__}")
     ctx = Runner(data, protocol)
     runnable = [r for r in _runs(protocol) if r.method != "swn" or ctx.initial_bins(r) is not None]
-    out: dict = {
-        "rows": [],
-        "de_params": dict(ctx.de_params),
-        "anytime": {},
-        "anytime_seconds": {},
-        "interpolation": {},
-        "clusters": {},
-    }
+    journal = RunJournal(
+        journal_dir,
+        fingerprint(
+            {"protocol": to_mapping(protocol), "torch": torch.__version__},
+            data.train.x, data.train.y, data.test.x, data.test.y,
+        ),
+    )  # fmt: skip
+    out: dict = {"rows": [], "de_params": dict(ctx.de_params), **{k: {} for k in _EXTRAS}}
     done: dict[tuple, dict] = {}
+    resumed = 0
     for job in tqdm(runnable, desc="superweights", disable=not progress):
         key = (
             job.seed,
@@ -508,11 +530,21 @@ def run_superweights(
         if job.method == "swn" and key in done:
             out["rows"].append({**done[key], "variant": job.variant})
             continue
-        run = ctx.run(job)
-        row = _row(job, run, ctx.test.y, protocol, ctx.shape)
-        done[key] = row
-        out["rows"].append(row)
-        _extras(job, run, ctx, out)
+        record = journal.get(_journal_key(job))
+        if record is None:
+            run = ctx.run(job)
+            record = {"row": _row(job, run, ctx.test.y, protocol, ctx.shape)}
+            record.update(_extras(job, run, ctx))
+            journal.put(_journal_key(job), record)
+        else:
+            resumed += 1
+        done[key] = record["row"]
+        out["rows"].append(record["row"])
+        for name in _EXTRAS:
+            out[name].update(record[name])
+    if resumed:
+        logger.info("superweights: %d of %d runs read back from %s", resumed, len(runnable),
+                    journal.folder)  # fmt: skip
     out["initial_bins"] = {
         f"swn_{'npas' if npas else kind}_{budget}": n
         for (kind, budget, npas, clusters, sharing), n in ctx.bins.items()

@@ -295,3 +295,39 @@ def test_bad_arguments(data):
         run_superweights(data.train, _protocol())
     with pytest.raises(InvalidParameterError, match="SuperWeightsProtocol"):
         run_superweights(data, {"seeds": [0]})
+
+
+def test_a_killed_run_resumes_from_its_journal(data, tmp_path, monkeypatch):
+    from weightspace.evaluation import superweights_members as sm
+
+    p = _protocol(kinds=("ho",), sensitivity_kind="ho", tau_grid=(0.1,), beta_grid=(0.5,))
+    calls: list = []
+    real = sm.Runner.run
+
+    def counted(self, spec):
+        calls.append(spec)
+        return real(self, spec)
+
+    monkeypatch.setattr(sm.Runner, "run", counted)
+    first = run_superweights(data, p, journal_dir=tmp_path)
+    n_trained = len(calls)
+    (folder,) = list(tmp_path.iterdir())
+    records = sorted(folder.glob("*.json"))
+    assert len(records) == n_trained > 3
+    # a kill before the last two runs finished: their records never appeared
+    for path in records[:2]:
+        path.unlink()
+    calls.clear()
+    again = run_superweights(data, p, journal_dir=tmp_path)
+    assert len(calls) == 2
+    strip = lambda res: [  # noqa: E731
+        {k: v for k, v in r.items() if k != "train_seconds"} for r in res["rows"]
+    ]
+    assert strip(again) == strip(first)
+    assert again["anytime"] == first["anytime"]
+    assert again["interpolation"] == first["interpolation"]
+    # other settings never reuse the journal
+    calls.clear()
+    other = dataclasses.replace(p, train=dataclasses.replace(TRAIN, lr=1e-3))
+    run_superweights(data, other, journal_dir=tmp_path)
+    assert len(calls) == n_trained and len(list(tmp_path.iterdir())) == 2

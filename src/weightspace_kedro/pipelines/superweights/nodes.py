@@ -34,8 +34,11 @@ def load_data(data: dict[str, Any], settings: SuperWeightsSettings) -> SplitData
 
 
 def run(data: SplitDataset, settings: SuperWeightsSettings) -> dict[str, Any]:
-    """Every ensemble of the protocol, trained and scored (JSON-able result)."""
-    return run_superweights(data, settings.protocol, progress=True)
+    """Every ensemble of the protocol, trained and scored (JSON-able result); finished runs
+    are journaled in ``settings.journal_dir`` (a killed run resumes there)."""
+    return run_superweights(
+        data, settings.protocol, progress=True, journal_dir=settings.journal_dir
+    )
 
 
 def report(

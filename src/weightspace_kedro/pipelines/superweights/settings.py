@@ -18,3 +18,5 @@ class SuperWeightsSettings:
 
     dataset: str = "mnist1d"
     protocol: SuperWeightsProtocol = field(default_factory=SuperWeightsProtocol)
+    # finished runs are journaled here so a killed run resumes (None: no journal)
+    journal_dir: str | None = None
