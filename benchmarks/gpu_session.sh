@@ -51,8 +51,11 @@ if [ "${WF:-0}" = 1 ]; then
   cp benchmarks/results/weightformer_gpu* "$OUT/" 2>/dev/null || true
 fi
 if [ "${SW:-0}" = 1 ]; then
-  time python3 benchmarks/superweights_targets.py --env gpu --tag "${TAG:-}" \
-    > "$OUT/superweights_gpu${TAG:-}.log" 2>&1 || true
+  # finished runs are journaled in data/; a call cut short by SW_LIMIT resumes on the next
+  # call while the machine is warm
+  time timeout "${SW_LIMIT:-3000}" python3 benchmarks/superweights_targets.py --env gpu \
+    --tag "${TAG:-}" > "$OUT/superweights_gpu${TAG:-}.log" 2>&1 || true
+  ls data/07_model_output/superweights/runs/* 2>/dev/null | wc -l
   grep -vE "step/s\]|it/s\]|^\s+$" "$OUT/superweights_gpu${TAG:-}.log" | tail -40
   cp benchmarks/results/superweights_gpu* "$OUT/" 2>/dev/null || true
 fi
