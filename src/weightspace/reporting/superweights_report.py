@@ -43,6 +43,7 @@ matplotlib.use("Agg")
 import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from weightspace.errors import InvalidParameterError
 from weightspace.reporting.markdown import markdown_table, seconds_table
@@ -401,6 +402,7 @@ def anytime_figure(result: Mapping[str, Any]) -> Figure:
             ax.scatter(x, acc, s=12, alpha=0.25, color=color)
             ax.plot(*_frontier(x, acc), color=color, label=label, **_style(label))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on < 1 decade
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         if ax.lines:
