@@ -6,13 +6,19 @@ under the key ``weightspace``, so identical checkpoints are identical bytes) car
 ``arch`` (the :class:`~weightspace.nets.ArchSpec` JSON), ``epoch`` and
 ``library_version``, so any code can rebuild the module from the file alone. Files are
 written atomically and identified by the sha256 of their bytes.
+
+Key order: safetensors does not preserve the order of the tensors it stores, so
+:func:`read` returns ``Checkpoint.state`` in a fixed order, the same in every process: the
+order of ``arch.build().state_dict()`` (the architecture's registration order), followed
+by any keys the architecture does not have, sorted (:func:`load_state_strict` rejects
+those). If the architecture cannot be built, all keys are sorted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +39,14 @@ from weightspace.nets.registry import ArchSpec
 
 FORMAT = "weightspace-checkpoint/1"
 META_KEY = "weightspace"
+
+
+class NonFiniteCheckpointError(NonFiniteWeightsError, CorruptCheckpointError):
+    """A saved checkpoint holds NaN or inf.
+
+    Both a :class:`NonFiniteWeightsError` and a :class:`CorruptCheckpointError`, so that
+    ``zoo.run.on_corrupt: retrain`` retrains its member like any other damaged checkpoint.
+    """
 
 
 @dataclass(frozen=True)
@@ -83,14 +97,17 @@ def read(
 ) -> Checkpoint:
     """Read a checkpoint, verifying its hash and content.
 
+    ``Checkpoint.state`` is in the fixed order of :func:`state_key_order`.
+
     Raises
     ------
     FileNotFoundError
         If the file is missing.
     CorruptCheckpointError
         If the bytes do not match ``expected_sha256`` or cannot be parsed.
-    NonFiniteWeightsError
-        If a tensor holds NaN or infinity (and ``check_finite``).
+    NonFiniteCheckpointError
+        If a tensor holds NaN or infinity (and ``check_finite``); both a
+        :class:`NonFiniteWeightsError` and a :class:`CorruptCheckpointError`.
     """
     with open(path, "rb") as fh:
         data = fh.read()
@@ -101,7 +118,7 @@ def read(
             "the zoo pipeline to retrain that model"
         )
     try:
-        state = dict(st_load(data))
+        loaded = st_load(data)
         metadata = _read_metadata(data)
         arch = ArchSpec.from_dict(json.loads(metadata["arch"]))
     except (SafetensorError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
@@ -109,13 +126,50 @@ def read(
             f"checkpoint {os.fspath(path)!r} cannot be parsed as a Weightspace checkpoint "
             f"({exc}); delete it and re-run the zoo pipeline"
         ) from exc
+    state = {name: loaded[name] for name in state_key_order(arch, loaded)}
     if check_finite:
         for name, t in state.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise NonFiniteWeightsError(
-                    f"checkpoint {os.fspath(path)!r}: tensor {name!r} holds NaN or inf"
+                n_bad = int((~torch.isfinite(t)).sum())
+                raise NonFiniteCheckpointError(
+                    f"checkpoint {os.fspath(path)!r}: tensor {name!r} holds NaN or inf "
+                    f"({n_bad} of {t.numel()} values); the model diverged or the file was "
+                    "damaged. Delete the file to retrain that member, or set "
+                    "zoo.run.on_corrupt: retrain"
                 )
     return Checkpoint(state=state, arch=arch, metadata=metadata)
+
+
+_KEY_ORDERS: dict[str, tuple[str, ...]] = {}
+
+
+def _module_key_order(arch: ArchSpec) -> tuple[str, ...] | None:
+    """Keys of the architecture's ``state_dict()`` in order, or None if it cannot be built.
+
+    Built on the meta device (no memory, no initialisation cost) with the global RNG state
+    saved and restored, so reading a checkpoint has no side effects. Successes are cached
+    per architecture key.
+    """
+    key = arch.key
+    if key not in _KEY_ORDERS:
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                _KEY_ORDERS[key] = tuple(arch.build().state_dict())
+        except Exception:  # unknown or unbuildable architecture: the caller sorts
+            return None
+    return _KEY_ORDERS[key]
+
+
+def state_key_order(arch: ArchSpec, keys: Iterable[str]) -> list[str]:
+    """``keys`` in the fixed order of :func:`read` (see the module docstring).
+
+    The architecture's ``state_dict()`` order first, then the keys it lacks, sorted; all
+    keys sorted when the architecture cannot be built.
+    """
+    keys = set(keys)
+    order = _module_key_order(arch) or ()
+    known = [k for k in order if k in keys]
+    return known + sorted(keys - set(known))
 
 
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from weightspace.data import dataset_card, expected_files, load_dataset, load_torchvision_dataset
+from weightspace.data.torchvision_sets import RestrictedUnpickler
 from weightspace.errors import DatasetNotFoundError, UnknownDatasetError
 
 N_TRAIN, N_TEST = 20, 10
@@ -139,6 +140,17 @@ def test_layout_matches_installed_torchvision():
 @pytest.mark.parametrize(
     ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
 )
+def test_class_names_match_installed_torchvision(tmp_path, name, folder):
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    _write_mnist_style(tmp_path, folder, seed=0)
+    ds = load_torchvision_dataset(name, tmp_path)
+    assert list(ds.class_names) == (MNIST if name == "mnist" else FashionMNIST).classes
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
 def test_mnist_style(tmp_path, name, folder):
     arrays = _write_mnist_style(tmp_path, folder, seed=len(name))
     ds = load_torchvision_dataset(name, tmp_path, seed=0, val_fraction=0.1)
@@ -165,8 +177,9 @@ def test_mnist_style(tmp_path, name, folder):
 
 def test_cifar10(tmp_path):
     batches = _write_cifar10(tmp_path)
-    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as handle:
-        assert b"data" in pickle.load(handle, encoding="bytes")  # the real files' keys
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(path, "rb") as handle:  # never pickle.load a data file: it could run code
+        assert b"data" in RestrictedUnpickler(handle, path, encoding="bytes").load()
     ds = load_dataset("cifar10", root=str(tmp_path), val_fraction=0.1)
     assert ds.input_shape == (3, 32, 32) and ds.n_classes == 10
     assert ds.class_names[:2] == ("airplane", "automobile")
