@@ -5,15 +5,27 @@
 run, it keeps every member whose checkpoints verify, trains the others in stacks of the
 same architecture (:func:`weightspace.zoo.train.train_stack`) and returns a :class:`Zoo`
 whose new checkpoints are in memory until saved.
+
+Given its folder (``root``), the run writes through: it locks the folder, removes stale
+temporary files, reopens the zoo there (rebuilding a lost index from the checkpoints,
+:func:`weightspace.zoo.folder.recover_zoo`), writes each stack's checkpoints and the index
+as soon as the stack is trained, and on SIGINT stops after the current stack is written.
+A kill loses at most the stack in flight; the rerun retrains only unfinished stacks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -30,6 +42,14 @@ from weightspace.errors import (
 )
 from weightspace.nets.registry import ArchSpec, build_model
 from weightspace.zoo.evaluate import SPLIT_NAMES, evaluate_stack
+from weightspace.zoo.folder import (
+    METRIC_COLUMNS,
+    ZooWriter,
+    clean_stale_tmp,
+    prune_outside,
+    recover_zoo,
+    zoo_lock,
+)
 from weightspace.zoo.plan import ZooPlan, check_members, materialize_tasks, model_ids_of, plan_zoo
 from weightspace.zoo.spec import MemberSpec, canonical_json
 from weightspace.zoo.tasks import TaskStack
@@ -51,6 +71,7 @@ class ZooRunOptions:
     on_corrupt: str = "error"
     on_diverge: str = "error"
     progress: bool = True
+    prune: bool = False
 
     def __post_init__(self) -> None:
         if self.on_corrupt not in ("error", "retrain"):
@@ -59,6 +80,8 @@ class ZooRunOptions:
             raise InvalidParameterError("on_diverge must be 'error' or 'drop'")
         if self.max_stack < 1 or self.snapshot_every < 0:
             raise InvalidParameterError("max_stack must be >= 1 and snapshot_every >= 0")
+        if not isinstance(self.prune, bool):
+            raise InvalidParameterError(f"prune must be true or false, got {self.prune!r}")
 
 
 @dataclass(frozen=True)
@@ -291,8 +314,40 @@ def _train_one_stack(
     out.rows += [r for r in rows if r["model_id"] in out.tensors]
 
 
-def _train_stacks(plan: ZooPlan, options: ZooRunOptions, device: torch.device) -> _Trained:
-    """Train every stack of the plan, with one progress bar over all their steps."""
+@contextlib.contextmanager
+def _sigint_after_stack(enabled: bool) -> Iterator[dict[str, bool]]:
+    """Defer SIGINT to the end of the current stack: yields a flag set by Ctrl-C (a second
+    Ctrl-C interrupts at once). A no-op off the main thread or when not ``enabled``."""
+    flag = {"hit": False}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+        log.warning(
+            "interrupt: the zoo stops once the current stack is trained and written "
+            "(interrupt again to stop at once, losing that stack)"
+        )
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def _train_stacks(
+    plan: ZooPlan, options: ZooRunOptions, device: torch.device, writer: ZooWriter | None = None
+) -> _Trained:
+    """Train every stack of the plan, with one progress bar over all their steps.
+
+    With a ``writer``, each stack's checkpoints and the index are written as soon as the
+    stack is trained (states are not kept in memory), and SIGINT stops after that.
+    """
     out = _Trained()
     start = time.perf_counter()
     bar = tqdm(
@@ -302,13 +357,56 @@ def _train_stacks(plan: ZooPlan, options: ZooRunOptions, device: torch.device) -
         disable=not options.progress or not plan.todo,
         mininterval=2.0,
     )
-    for arch, chunk in plan.stacks:
-        _train_one_stack(arch, chunk, plan, options, device, bar.update, out)
+    with _sigint_after_stack(writer is not None) as interrupted:
+        for k, (arch, chunk) in enumerate(plan.stacks):
+            n_rows = len(out.rows)
+            _train_one_stack(arch, chunk, plan, options, device, bar.update, out)
+            if writer is not None:
+                out.rows[n_rows:] = writer.add(out.rows[n_rows:], out.tensors)
+                out.tensors.clear()
+            if interrupted["hit"]:
+                bar.close()
+                log.warning(
+                    "zoo interrupted after %d of %d stacks; their checkpoints are saved, the "
+                    "next run trains the rest",
+                    k + 1,
+                    len(plan.stacks),
+                )
+                raise KeyboardInterrupt(f"zoo interrupted after stack {k + 1}/{len(plan.stacks)}")
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     out.seconds = time.perf_counter() - start if plan.todo else 0.0
     return out
+
+
+def _rescore(
+    rows: pd.DataFrame,
+    zoo: Zoo,
+    members: Sequence[MemberSpec],
+    datasets: Mapping[str, SplitDataset],
+    device: torch.device,
+    max_stack: int,
+) -> pd.DataFrame:
+    """Fill the NaN metrics of reused rows (rebuilt from checkpoints) by evaluating them."""
+    need = rows[rows["test_accuracy"].isna()] if len(rows) else rows
+    if need.empty:
+        return rows
+    rows = rows.copy()
+    by_id = {m.member_id: m for m in members}
+    tasks = materialize_tasks([by_id[m] for m in need["member_id"]], datasets)
+    for arch_key, group in need.groupby("arch_key", sort=False):
+        template = ArchSpec.from_dict(json.loads(arch_key)).build().to(device)
+        for lo in range(0, len(group), max_stack):
+            part = group.iloc[lo : lo + max_stack]
+            chunk = [by_id[m] for m in part["member_id"]]
+            split_stacks, task_index = _stack_data(chunk, tasks, device)
+            stacked = {k: v.to(device) for k, v in zoo.stack(part["model_id"]).items()}
+            metrics = evaluate_stack(template, stacked, task_index, split_stacks)
+            for col in METRIC_COLUMNS:
+                rows.loc[part.index, col] = metrics[col].numpy()
+    log.info("re-scored %d checkpoint(s) rebuilt from their files", len(need))
+    return rows
 
 
 def _assemble_index(
@@ -330,6 +428,7 @@ def train_zoo(
     datasets: Mapping[str, SplitDataset],
     previous: Zoo | None = None,
     options: ZooRunOptions | None = None,
+    root: str | os.PathLike | None = None,
 ) -> tuple[Zoo, ZooRunReport]:
     """Train (or reuse) every member and return the zoo with its index.
 
@@ -341,15 +440,60 @@ def train_zoo(
         Base datasets the members' tasks are made from.
     previous : Zoo, optional
         The zoo of an earlier run: members whose checkpoints verify are not retrained.
+        With ``root``, it must be rooted there (or absent): the zoo is reopened from disk
+        under the lock.
     options : ZooRunOptions, optional
+    root : path, optional
+        The zoo folder to write through (see the module docstring). Without it the new
+        checkpoints stay in memory until :meth:`Zoo.save`.
 
     Returns
     -------
     (Zoo, ZooRunReport)
+        With ``root``, the zoo holds the current grid's members, all saved under ``root``.
+
+    Raises
+    ------
+    ZooLockedError
+        If another run is writing ``root``.
+    ZooFolderNotWritableError
+        If ``root`` cannot be written.
+    CorruptCheckpointError
+        If a checkpoint to reuse is corrupt (sha256, unreadable, NaN/inf) and
+        ``options.on_corrupt == "error"``.
+    KeyboardInterrupt
+        On SIGINT, once the current stack is written (with ``root``).
     """
     options = options or ZooRunOptions()
     check_members(members)
     device = resolve_device(options.device)
+    if root is None:
+        return _run(members, datasets, previous, options, device, None)
+    root = Path(root)
+    if (
+        previous is not None
+        and previous.root is not None
+        and previous.root.resolve() != (root.resolve())
+    ):
+        raise InvalidParameterError(
+            f"train_zoo: previous zoo is rooted at {previous.root}, not at root={root}; "
+            "pass the zoo of that folder (or none)"
+        )
+    with zoo_lock(root):
+        clean_stale_tmp(root)
+        wanted = {mid for m in members for mid, _ in model_ids_of(m, options.snapshot_every)}
+        return _run(members, datasets, recover_zoo(root, wanted), options, device, root)
+
+
+def _run(
+    members: Sequence[MemberSpec],
+    datasets: Mapping[str, SplitDataset],
+    previous: Zoo | None,
+    options: ZooRunOptions,
+    device: torch.device,
+    root: Path | None,
+) -> tuple[Zoo, ZooRunReport]:
+    """:func:`train_zoo` after the folder is locked and reopened (``root``) or in memory."""
     plan = plan_zoo(
         members,
         datasets,
@@ -358,12 +502,21 @@ def train_zoo(
         on_corrupt=options.on_corrupt,
         max_stack=options.max_stack,
     )
-    trained = _train_stacks(plan, options, device)
-    index = _assemble_index(members, plan.reused_rows, trained.rows)
-    root = previous.root if previous is not None else None
-    zoo = Zoo(index, root=root, tensors=trained.tensors)
-    if len(zoo) == 0:
+    reused_rows = plan.reused_rows
+    writer = None
+    if root is not None:
+        assert previous is not None
+        reused_rows = _rescore(reused_rows, previous, members, datasets, device, options.max_stack)
+        writer = ZooWriter(root, reused_rows)
+        writer.write_index(reused_rows)
+    trained = _train_stacks(plan, options, device, writer)
+    index = _assemble_index(members, reused_rows, trained.rows)
+    if len(index) == 0:
         raise EmptyZooError("every member of the zoo was dropped; nothing to save")
+    if writer is not None:
+        writer.write_index(index)
+        prune_outside(root, index["model_id"].tolist(), options.prune)
+    zoo = Zoo(index, root=root or (previous.root if previous else None), tensors=trained.tensors)
     n_todo, n_dropped = len(plan.todo), len(trained.dropped)
     report = ZooRunReport(
         len(members), n_todo - n_dropped, len(plan.reuse), n_dropped, trained.seconds

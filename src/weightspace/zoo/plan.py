@@ -69,8 +69,9 @@ def reusable_members(
 ) -> tuple[set[str], pd.DataFrame]:
     """Members whose every checkpoint exists and verifies in ``previous``.
 
-    Returns their ids and their rows of ``previous``'s index. A corrupt checkpoint raises
-    :class:`CorruptCheckpointError` when ``on_corrupt == "error"``, else its member is
+    Returns their ids and their rows of ``previous``'s index. A corrupt checkpoint (sha256
+    mismatch, unparseable, or NaN/inf weights) raises :class:`CorruptCheckpointError`
+    naming the files and the fix when ``on_corrupt == "error"``, else its member is
     retrained (as is one with a missing checkpoint).
     """
     if previous is None or len(previous) == 0:
@@ -81,15 +82,18 @@ def reusable_members(
     ]
     wanted = {mid for m in candidates for mid, _ in model_ids_of(m, snapshot_every)}
     sub = previous.select(previous.index["model_id"].isin(wanted))
-    missing, corrupt = sub.verify()
+    problems = sub.problems()
+    missing = [m for m, why in problems.items() if why == "missing"]
+    corrupt = {m: why for m, why in problems.items() if why != "missing"}
     if corrupt and on_corrupt == "error":
-        paths = [str(sub.file_path(c)) for c in corrupt]
+        listed = [f"{sub.file_path(c)} ({why.split(':')[0]})" for c, why in corrupt.items()]
         raise CorruptCheckpointError(
-            f"{len(corrupt)} checkpoint(s) do not match their recorded sha256: {paths[:10]}. "
-            "Delete them to retrain those models, or set on_corrupt: retrain"
+            f"{len(corrupt)} zoo checkpoint(s) are corrupt (sha256 mismatch, unreadable, or "
+            f"NaN/inf weights): {listed[:10]}. To fix: delete those files (the next run "
+            "retrains only those models), or set zoo.run.on_corrupt: retrain"
         )
-    for c in corrupt:
-        log.warning("checkpoint %s is corrupt (sha256 mismatch): retraining", sub.file_path(c))
+    for c, why in corrupt.items():
+        log.warning("checkpoint %s is unusable (%s): retraining", sub.file_path(c), why)
     for m in missing:
         log.info("checkpoint of %s is missing: retraining", m)
     bad = set(missing) | set(corrupt)

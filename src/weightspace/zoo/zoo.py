@@ -3,7 +3,8 @@
 Tensors live either in memory (just trained, not yet saved) or in safetensors files under
 ``root/checkpoints/`` (read lazily, verified against the sha256 in the index). Saving
 writes only what is new, atomically, then the index; loading never trusts a file whose
-hash differs from the index.
+hash differs from the index or that holds NaN/inf. Checkpoint files the index does not
+list are kept unless a save asks to ``prune`` them (see :func:`prune_outside`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +20,12 @@ import torch
 from torch import nn
 
 from weightspace.atomic import atomic_path
-from weightspace.errors import CheckpointMismatchError, CorruptCheckpointError, EmptyZooError
+from weightspace.errors import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    EmptyZooError,
+    NonFiniteWeightsError,
+)
 from weightspace.nets.registry import ArchSpec
 from weightspace.zoo import checkpoint
 
@@ -88,7 +94,7 @@ class Zoo:
         if not path.exists():
             raise EmptyZooError(
                 f"no zoo at {os.fspath(root)!r} (missing {INDEX_FILE}); run "
-                "`kedro run --pipeline=zoo` first"
+                "`kedro run --pipelines=zoo` first"
             )
         return cls(pd.read_parquet(path), root=root)
 
@@ -170,26 +176,55 @@ class Zoo:
         keep = set(index["model_id"])
         return Zoo(index, self.root, {k: v for k, v in self._tensors.items() if k in keep})
 
-    def verify(self) -> tuple[list[str], list[str]]:
-        """Check every saved checkpoint: returns (missing ids, corrupt ids)."""
-        missing, corrupt = [], []
+    def problems(self) -> dict[str, str]:
+        """Check every saved checkpoint: ``{model_id: what is wrong}`` for the bad ones.
+
+        The reason starts with ``missing``, ``corrupt`` (sha256 mismatch, unparseable) or
+        ``non-finite`` (NaN/inf weights).
+        """
+        out: dict[str, str] = {}
         for model_id in self.model_ids:
             if model_id in self._tensors:
                 continue
             try:
                 self.state(model_id)
             except FileNotFoundError:
-                missing.append(model_id)
-            except CorruptCheckpointError:
-                corrupt.append(model_id)
-        return missing, corrupt
+                out[model_id] = "missing"
+            except NonFiniteWeightsError as exc:  # first: may also be a CorruptCheckpointError
+                out[model_id] = f"non-finite: {exc}"
+            except CorruptCheckpointError as exc:
+                out[model_id] = f"corrupt: {exc}"
+        return out
+
+    def verify(self) -> tuple[list[str], list[str]]:
+        """Check every saved checkpoint: returns (missing ids, corrupt ids).
+
+        Checkpoints holding NaN/inf weights count as corrupt.
+        """
+        problems = self.problems()
+        missing = [m for m, why in problems.items() if why == "missing"]
+        return missing, [m for m, why in problems.items() if why != "missing"]
+
+    def is_saved_at(self, root: str | os.PathLike) -> bool:
+        """True if ``root`` already holds exactly this zoo (nothing in memory, same index)."""
+        root = Path(root)
+        if self._tensors or self.root is None or self.root.resolve() != root.resolve():
+            return False
+        try:
+            on_disk = pd.read_parquet(root / INDEX_FILE)
+        except Exception:  # missing or unreadable: not saved
+            return False
+        cols = ["model_id", "sha256", "path"]
+        return on_disk[cols].reset_index(drop=True).equals(self.index[cols])
 
     # ---- saving ---------------------------------------------------------------------
-    def save(self, root: str | os.PathLike, prune: bool = True) -> None:
+    def save(self, root: str | os.PathLike, prune: bool = False) -> None:
         """Write new checkpoints and the index under ``root`` (atomically).
 
-        Checkpoints already saved under another root are copied (re-verified); files in
-        ``root/checkpoints`` that the index no longer lists are removed when ``prune``.
+        Checkpoints already saved under another root are copied (re-verified). Files in
+        ``root/checkpoints`` that the index does not list are kept (a later zoo whose
+        grid includes them reuses them) unless ``prune``, which deletes them with a
+        WARNING naming each.
         """
         root = Path(root)
         (root / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
@@ -211,15 +246,42 @@ class Zoo:
                 index.loc[index.index[i], "path"] = rel
         with atomic_path(root / INDEX_FILE) as tmp:
             index.to_parquet(tmp, index=False)
-        if prune:
-            listed = {Path(p).name for p in index["path"]}
-            for f in (root / CHECKPOINT_DIR).glob("*.safetensors"):
-                if f.name not in listed:
-                    log.info("removing checkpoint %s: no longer in the zoo grid", f.name)
-                    f.unlink()
+        prune_outside(root, index["model_id"].tolist(), prune)
         self.index = index
         self.root = root
         self._tensors.clear()
+
+
+def prune_outside(root: str | os.PathLike, keep: Collection[str], prune: bool) -> list[str]:
+    """Checkpoint files of ``root`` not named in ``keep``.
+
+    Deleted with a WARNING naming each when ``prune``; else kept and reported at INFO.
+    Returns their file names.
+    """
+    root = Path(root)
+    keep_names = {f"{m}.safetensors" for m in keep}
+    outside = sorted(
+        f.name for f in (root / CHECKPOINT_DIR).glob("*.safetensors") if f.name not in keep_names
+    )
+    if not outside:
+        return []
+    if prune:
+        log.warning(
+            "prune: deleting %d checkpoint(s) outside the current zoo grid from %s: %s",
+            len(outside),
+            root / CHECKPOINT_DIR,
+            outside,
+        )
+        for name in outside:
+            (root / CHECKPOINT_DIR / name).unlink(missing_ok=True)
+    else:
+        log.info(
+            "kept %d checkpoint(s) outside the current zoo grid in %s (a later run whose grid "
+            "includes them reuses them; set zoo.run.prune: true to delete them)",
+            len(outside),
+            root / CHECKPOINT_DIR,
+        )
+    return outside
 
 
 def _member_json(row: pd.Series) -> str:

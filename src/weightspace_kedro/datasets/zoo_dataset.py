@@ -8,6 +8,7 @@ from typing import Any
 from kedro.io import AbstractDataset
 
 from weightspace.zoo import Zoo
+from weightspace.zoo.folder import zoo_lock
 from weightspace.zoo.zoo import INDEX_FILE
 
 
@@ -35,8 +36,15 @@ class ZooDataset(AbstractDataset[Zoo, Zoo]):
         return Zoo.load(self._path)
 
     def save(self, data: Zoo) -> None:
-        """Write new checkpoints and the index atomically."""
-        data.save(self._path)
+        """Write new checkpoints and the index atomically, under the zoo folder's lock.
+
+        A zoo the run already wrote through to this folder is left as it is; checkpoint
+        files the index does not list are kept (see :meth:`Zoo.save`).
+        """
+        if data.is_saved_at(self._path):
+            return
+        with zoo_lock(self._path):
+            data.save(self._path)
 
     def _exists(self) -> bool:
         return (self._path / INDEX_FILE).exists()

@@ -54,3 +54,27 @@ def test_zoo_pipeline_trains_then_resumes(tmp_path):
     assert again["run_n_trained"] == 0 and again["run_n_reused"] == n_models
     assert again["mean_test_accuracy"] == metrics["mean_test_accuracy"]
     assert again["train_seconds"] == metrics["train_seconds"]
+
+
+def test_a_run_with_another_grid_in_the_same_folder_keeps_the_first_zoo(tmp_path):
+    """Another environment's (or a smaller) grid writing the same folder deletes nothing:
+    the first grid's checkpoints stay and its next run retrains none of them."""
+    params = load_params("test", "zoo")
+    pipeline = zoo_pipeline("zoo")
+    SequentialRunner().run(pipeline, _catalog(tmp_path, params))
+    files = sorted(p.name for p in (tmp_path / "zoo" / "checkpoints").iterdir())
+    other = {**params["zoo"], "grid": {**params["zoo"]["grid"], "seeds": 1, "train": {
+        **params["zoo"]["grid"]["train"], "lr": 0.02}}}  # fmt: skip
+    catalog = _catalog(tmp_path, {"zoo": other})
+    SequentialRunner().run(pipeline, catalog)
+    n_other = catalog.load("zoo.zoo_metrics")["n_models"]
+    assert n_other == len(params["zoo"]["grid"]["tasks"]) * len(
+        params["zoo"]["grid"]["architectures"]
+    )
+    after = sorted(p.name for p in (tmp_path / "zoo" / "checkpoints").iterdir())
+    assert set(files) <= set(after) and len(after) == len(files) + 2 * n_other
+    catalog = _catalog(tmp_path, params)
+    SequentialRunner().run(pipeline, catalog)
+    again = catalog.load("zoo.zoo_metrics")
+    assert again["run_n_trained"] == 0 and again["n_models"] == len(files) // 2
+    assert Zoo.load(tmp_path / "zoo").verify() == ([], [])

@@ -172,14 +172,21 @@ def test_stack_and_select(root):
         zoo.row("no-such-model")
 
 
-def test_save_prunes_files_no_longer_listed(root):
+def test_save_keeps_files_no_longer_listed_unless_pruned(root, caplog):
     zoo = Zoo.load(root)
+    everything = sorted(p.name for p in (root / "checkpoints").iterdir())
     sub = zoo.select(zoo.index["seed"] == 0)
-    sub.save(root)
+    sub.save(root)  # default: nothing is deleted
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == everything
+    assert Zoo.load(root).model_ids == sub.model_ids
+    with caplog.at_level("WARNING", logger="weightspace.zoo.zoo"):
+        Zoo.load(root).save(root, prune=True)
+    gone = sorted(set(everything) - {f"{m}.safetensors" for m in sub.model_ids})
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == sorted(
         f"{m}.safetensors" for m in sub.model_ids
     )
-    assert Zoo.load(root).model_ids == sub.model_ids
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(all(g in w for g in gone) for w in warned)
 
 
 def test_save_to_another_root_copies_and_verifies(root, tmp_path):

@@ -48,8 +48,13 @@ def train(
     previous: Zoo,
     run: dict[str, Any],
 ) -> tuple[Zoo, dict[str, Any]]:
-    """Train every member not already in ``previous``; return the zoo and a run report."""
-    zoo, report = train_zoo(members, datasets, previous, ZooRunOptions(**run))
+    """Train every member not already in ``previous``; return the zoo and a run report.
+
+    When ``previous`` is rooted in the zoo folder (the catalog's ``zoo_previous``), the
+    library writes each stack there as soon as it is trained (locked, resumable); the
+    catalog's save of ``zoo_models`` then has nothing left to write.
+    """
+    zoo, report = train_zoo(members, datasets, previous, ZooRunOptions(**run), root=previous.root)
     return zoo, {
         "n_members": report.n_members,
         "n_trained": report.n_trained,
