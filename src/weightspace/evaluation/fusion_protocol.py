@@ -29,6 +29,7 @@ Accuracy is scored by the project's one kernel (:mod:`weightspace.zoo.evaluate`)
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from weightspace.data.base import SplitDataset
 from weightspace.ensembles.kd import KDConfig, kd_sweep
@@ -75,6 +77,10 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         _check_training("finetune", self.optimizer, self.lr, self.batch_size, self.epochs)
+        _check_range("finetune", "momentum", self.momentum, 0.0, 1.0, "in [0, 1)")
+        _check_range(
+            "finetune", "weight_decay", self.weight_decay, 0.0, math.inf, "finite and >= 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,19 +95,55 @@ class CostConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_training("cost", self.optimizer, self.lr, self.batch_size, self.max_epochs)
+        _check_training(
+            "cost", self.optimizer, self.lr, self.batch_size, self.max_epochs, "max_epochs"
+        )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise InvalidParameterError(f"cost.seed must be an integer >= 0, got {self.seed!r}")
 
 
-def _check_training(what: str, optimizer: str, lr: float, batch_size: int, epochs: int) -> None:
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def _check_training(
+    what: str,
+    optimizer: str,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    epochs_name: str = "epochs",
+) -> None:
+    """Optimizer known, ``lr`` finite and > 0, ``batch_size`` and epochs integers >= 1."""
     if optimizer not in OPTIMIZERS:
         raise InvalidParameterError(
-            f"{what} optimizer must be one of {OPTIMIZERS}, got {optimizer!r}"
+            f"{what} optimizer must be one of {OPTIMIZERS}, got {optimizer!r} ({what}.optimizer)"
         )
-    if not lr > 0 or int(batch_size) < 1 or int(epochs) < 1:
+    bad = [
+        (name, value)
+        for name, value, ok in (
+            ("lr", lr, _is_number(lr) and math.isfinite(lr) and lr > 0),
+            ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1),
+            (epochs_name, epochs, _is_int(epochs) and epochs >= 1),
+        )
+        if not ok
+    ]
+    if bad:
+        got = ", ".join(f"{what}.{name}={value!r}" for name, value in bad)
         raise InvalidParameterError(
-            f"{what}: lr must be > 0 and batch_size, epochs >= 1; got lr={lr}, "
-            f"batch_size={batch_size}, epochs={epochs}"
+            f"{what}: lr must be > 0 and finite, batch_size and {epochs_name} integers >= 1; "
+            f"got {got}"
         )
+
+
+def _check_range(what: str, name: str, value: object, lo: float, hi: float, text: str) -> None:
+    """``lo <= value < hi`` (a finite number unless ``hi`` is inf)."""
+    if not _is_number(value) or math.isnan(value) or not lo <= value < hi:
+        raise InvalidParameterError(f"{what}.{name} must be {text}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -118,10 +160,19 @@ class TeacherStudentConfig:
     train: KDConfig = field(default_factory=KDConfig)
 
     def __post_init__(self) -> None:
-        if int(self.n_pairs) < 1:
-            raise InvalidParameterError(f"n_pairs must be >= 1, got {self.n_pairs}")
+        if not _is_int(self.n_pairs) or self.n_pairs < 1:
+            raise InvalidParameterError(f"kd.n_pairs must be an integer >= 1, got {self.n_pairs!r}")
         if not self.temperatures or not self.alphas:
             raise InvalidParameterError("the KD sweep needs >= 1 temperature and >= 1 alpha")
+        for t in self.temperatures:
+            if not _is_number(t) or not math.isfinite(t) or t <= 0:
+                raise InvalidParameterError(f"kd.temperatures must be finite and > 0, got {t!r}")
+        for a in self.alphas:
+            if not _is_number(a) or math.isnan(a) or not 0.0 <= a <= 1.0:
+                raise InvalidParameterError(f"kd.alphas must lie in [0, 1], got {a!r}")
+        for name, values in (("temperatures", self.temperatures), ("alphas", self.alphas)):
+            if len(set(values)) != len(values):
+                raise InvalidParameterError(f"kd.{name} must be distinct, got {list(values)}")
 
 
 # ------------------------------------------------------------------------------ stages
@@ -176,11 +227,14 @@ def one_shot(
     dataset: SplitDataset,
     cla: CLAFusionConfig,
     ks: Sequence[int] = (2, 4, 6),
+    progress: bool = False,
+    desc: str = "fusion",
 ) -> OneShotResult:
     """One-shot fusion of every pair ``(A_i, B_i)`` and of K alternating models.
 
     ``A_{i+1}`` (cyclically) is the same-depth partner of ``A_i`` for the vanilla
-    averaging and OTFusion baselines. K = 2 reuses the first pair's fusion.
+    averaging and OTFusion baselines. K = 2 reuses the first pair's fusion. ``progress``
+    shows a tqdm bar over the pairs and the K fusions.
     """
     s = len(deep)
     if s < 2 or len(shallow) != s:
@@ -188,12 +242,15 @@ def one_shot(
             f"the fusion protocol needs >= 2 deep and as many shallow models, got {s} and "
             f"{len(shallow)}; raise zoo seeds"
         )
-    pairs, results = zip(
-        *(score_pair(deep[i], shallow[i], deep[(i + 1) % s], dataset, cla) for i in range(s)),
-        strict=True,
-    )
+    bar = tqdm(total=s + len(ks), desc=f"{desc}: one shot", disable=not progress)
+    scored = []
+    for i in range(s):
+        scored.append(score_pair(deep[i], shallow[i], deep[(i + 1) % s], dataset, cla))
+        bar.update()
+    pairs, results = zip(*scored, strict=True)
     k_fused, k_rows = {}, []
     for k in (int(k) for k in ks):
+        bar.set_postfix_str(f"K={k}")
         members = alternating(deep, shallow, k)
         fused = results[0].fused if k == 2 else clafusion(members, dataset.train.x, cla).fused
         k_fused[k] = fused
@@ -205,6 +262,8 @@ def one_shot(
                 fused_acc=module_accuracy(fused, dataset.test),
             )
         )
+        bar.update()
+    bar.close()
     return OneShotResult(
         scores=OneShotScores(pairs=tuple(pairs), k_rows=tuple(k_rows)),
         fused=[r.fused for r in results],
@@ -242,22 +301,35 @@ def finetune_comparison(
     cfg: FinetuneConfig,
     seed: int = 1000,
     device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "fusion",
 ) -> FinetuneScores:
     """Retrain every initialisation for the same epochs (Table 1, right; Table 2), as
-    stacks on ``device``; the random initialisations use seeds ``seed + 7919 + i``."""
+    stacks on ``device``; the random initialisations use seeds ``seed + 7919 + i``.
+    ``progress`` shows a tqdm bar over the retraining runs (one stack each)."""
     starts = {
         "parent_a": deep,
         "parent_b": shallow,
         "clafusion": shot.fused,
         "depth_aligned_b": shot.depth_aligned,
     }
-    runs = {name: retrain(ms, dataset, cfg, seed, device=device) for name, ms in starts.items()}
-    runs["random_init"] = retrain(shot.fused, dataset, cfg, seed + 7919, True, device)
-    k_acc = {2: float(runs["clafusion"].best_test_accuracy[0])}
-    for k, model in shot.k_fused.items():
-        if k > 2:
+    k_more = {k: model for k, model in shot.k_fused.items() if k > 2}
+    total = len(starts) + 1 + len(k_more)
+    with tqdm(total=total, desc=f"{desc}: finetune", unit="run", disable=not progress) as bar:
+        runs = {}
+        for name, ms in starts.items():
+            bar.set_postfix_str(f"{name} x{len(ms)}, {cfg.epochs} epochs")
+            runs[name] = retrain(ms, dataset, cfg, seed, device=device)
+            bar.update()
+        bar.set_postfix_str(f"random_init x{len(shot.fused)}, {cfg.epochs} epochs")
+        runs["random_init"] = retrain(shot.fused, dataset, cfg, seed + 7919, True, device)
+        bar.update()
+        k_acc = {2: float(runs["clafusion"].best_test_accuracy[0])}
+        for k, model in k_more.items():
+            bar.set_postfix_str(f"K={k}, {cfg.epochs} epochs")
             run = retrain([model], dataset, cfg, seed, device=device)
             k_acc[k] = float(run.best_test_accuracy.mean())
+            bar.update()
     return FinetuneScores(
         best_test_acc={n: float(runs[n].best_test_accuracy.mean()) for n in FINETUNE_INITS},
         k_best_test_acc=k_acc,
@@ -271,9 +343,12 @@ def time_to_accuracy(
     target_val_acc: float,
     cfg: CostConfig,
     device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "fusion",
 ) -> tuple[int, float, bool]:
     """Train ``template``'s architecture from a seeded random initialisation with the
-    reference per-model trainer until its validation accuracy reaches ``target_val_acc``.
+    reference per-model trainer until its validation accuracy reaches ``target_val_acc``
+    (``progress``: a tqdm bar over the epochs).
 
     Returns
     -------
@@ -282,17 +357,22 @@ def time_to_accuracy(
         within ``cfg.max_epochs``.
     """
     seen = {"epochs": 0, "seconds": 0.0, "reached": False}
+    bar = tqdm(total=int(cfg.max_epochs), desc=f"{desc}: cost", unit="epoch", disable=not progress)
 
     def reached(epoch: int, model: nn.Module, seconds: float) -> bool:
         seen.update(epochs=epoch, seconds=seconds)
-        seen["reached"] = module_accuracy(model, dataset.val) >= target_val_acc
+        acc = module_accuracy(model, dataset.val)
+        seen["reached"] = acc >= target_val_acc
+        bar.set_postfix_str(f"val {acc:.3f} / {target_val_acc:.3f}")
+        bar.update()
         return seen["reached"]
 
     model = copy.deepcopy(template).to(torch.device(device))
-    train_one(
-        model, dataset.train, cfg.seed, cfg.lr, 0.0, int(cfg.max_epochs), cfg.batch_size,
-        optimizer=cfg.optimizer, on_epoch_end=reached,
-    )  # fmt: skip
+    with bar:
+        train_one(
+            model, dataset.train, cfg.seed, cfg.lr, 0.0, int(cfg.max_epochs), cfg.batch_size,
+            optimizer=cfg.optimizer, on_epoch_end=reached,
+        )  # fmt: skip
     return int(seen["epochs"]), float(seen["seconds"]), bool(seen["reached"])
 
 
@@ -303,10 +383,14 @@ def fusion_cost(
     fusion_seconds: float,
     cfg: CostConfig,
     device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "fusion",
 ) -> CostScores:
     """How much cheaper fusion is than training the fused architecture to its accuracy
     (:func:`time_to_accuracy` until the one-shot fused model's validation accuracy)."""
-    epochs, seconds, reached = time_to_accuracy(fused_template, dataset, fused_val_acc, cfg, device)
+    epochs, seconds, reached = time_to_accuracy(
+        fused_template, dataset, fused_val_acc, cfg, device, progress, desc
+    )
     return CostScores(
         train_epochs=epochs,
         train_seconds=seconds,
@@ -323,9 +407,11 @@ def distil_pair(
     cla: CLAFusionConfig,
     cfg: TeacherStudentConfig,
     seed: int = 0,
+    bar: tqdm | None = None,
 ) -> dict[str, float]:
     """One teacher–student pair: CLAFusion with the student's widths and the teacher's
-    depth, then the KD sweep from each initialisation (:data:`KD_INITS`)."""
+    depth, then the KD sweep from each initialisation (:data:`KD_INITS`); ``bar`` (a
+    tqdm bar) advances by one per initialisation."""
     result = clafusion([teacher, student], dataset.train.x, cla, target=1)
     inits = {
         "random_b": reinitialized(student, seed=10_000 + seed),
@@ -343,12 +429,16 @@ def distil_pair(
         "n_params_fused_student": _n_params(result.fused),
     }
     for name in KD_INITS:
+        if bar is not None:
+            bar.set_postfix_str(name)
         sweep = kd_sweep(
             inits[name], teacher, dataset.train, dataset.val, dataset.test, cfg.train,
             cfg.temperatures, cfg.alphas,
         )  # fmt: skip
         out[f"best/{name}"] = sweep["best_test_accuracy"]
         out[f"mean/{name}"] = sweep["mean_best_over_temperatures"]
+        if bar is not None:
+            bar.update()
     return out
 
 
@@ -359,16 +449,21 @@ def teacher_student(
     cla: CLAFusionConfig,
     cfg: TeacherStudentConfig,
     device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "fusion",
 ) -> TeacherStudentScores:
     """Distil a large (deep, wide) teacher into differently initialised students (§4.2,
-    Tables 4–5), averaged over ``cfg.n_pairs`` teacher–student pairs."""
+    Tables 4–5), averaged over ``cfg.n_pairs`` teacher–student pairs (``progress``: a
+    tqdm bar over the pairs' KD sweeps)."""
     n = min(int(cfg.n_pairs), len(teachers), len(students))
     if n < 1:
         raise InvalidParameterError("teacher_student needs >= 1 teacher and >= 1 student")
     records = []
-    for i in range(n):
-        teacher, student = (copy.deepcopy(m[i]).to(device) for m in (teachers, students))
-        records.append(distil_pair(teacher, student, dataset, cla, cfg, seed=i))
+    total = n * len(KD_INITS)
+    with tqdm(total=total, desc=f"{desc}: distill", unit="sweep", disable=not progress) as bar:
+        for i in range(n):
+            teacher, student = (copy.deepcopy(m[i]).to(device) for m in (teachers, students))
+            records.append(distil_pair(teacher, student, dataset, cla, cfg, seed=i, bar=bar))
     mean = {k: float(np.mean([r[k] for r in records])) for k in records[0]}
     return TeacherStudentScores(
         teacher_acc=mean["teacher_acc"],

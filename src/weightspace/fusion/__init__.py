@@ -12,9 +12,11 @@ from weightspace.fusion.alignment import cross_layer_alignment
 from weightspace.fusion.balance import add_identity_layer, balance_by_adding
 from weightspace.fusion.cka import cka_cost_matrix, linear_cka
 from weightspace.fusion.clafusion import CLAFusionConfig, CLAFusionResult, clafusion
+from weightspace.fusion.inputs import check_fusion_inputs
 from weightspace.fusion.merge import balance_by_merging, merge_hidden_layer, relu_mask_estimate
 from weightspace.fusion.otfusion import (
     OTFusionConfig,
+    TransportNotConvergedError,
     align_models,
     otfusion,
     transport_map,
@@ -26,10 +28,12 @@ __all__ = [
     "CLAFusionConfig",
     "CLAFusionResult",
     "OTFusionConfig",
+    "TransportNotConvergedError",
     "add_identity_layer",
     "align_models",
     "balance_by_adding",
     "balance_by_merging",
+    "check_fusion_inputs",
     "cka_cost_matrix",
     "clafusion",
     "cross_layer_alignment",

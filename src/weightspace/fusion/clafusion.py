@@ -38,6 +38,7 @@ from weightspace.fusion.activations import capture
 from weightspace.fusion.alignment import cost_from_widths, cross_layer_alignment
 from weightspace.fusion.balance import balance_by_adding
 from weightspace.fusion.cka import cka_cost_matrix
+from weightspace.fusion.inputs import check_fusion_inputs
 from weightspace.fusion.merge import ESTIMATES, balance_by_merging
 from weightspace.fusion.otfusion import (
     OTFusionConfig,
@@ -83,8 +84,12 @@ class CLAFusionConfig:
         ):
             if value not in allowed:
                 raise InvalidParameterError(
-                    f"CLAFusion {name} must be one of {allowed}, got {value!r}"
+                    f"CLAFusion {name} must be one of {allowed}, got {value!r} (cla.{name})"
                 )
+        if not isinstance(self.ot, OTFusionConfig):
+            raise InvalidParameterError(
+                f"CLAFusion ot must be an OTFusionConfig, got {type(self.ot).__name__}"
+            )
 
 
 @dataclass
@@ -212,10 +217,19 @@ def clafusion(
     Returns
     -------
     CLAFusionResult
+
+    Raises
+    ------
+    InvalidParameterError
+        Fewer than two models, samples with NaN or inf, or a bad option.
+    NonFiniteWeightsError
+        A NaN or inf in a model (named with its index and parameter).
+    ArchitectureMismatchError
+        Different activations, families, stage counts or input/output sizes.
     """
     start = time.perf_counter()
     config = config or CLAFusionConfig()
-    models = list(models)
+    models = check_fusion_inputs("clafusion", models, same_depth=False, x=x)
     structures = check_compatible(models, same_depth=False)
     xs = x[: int(config.ot.n_samples)]
     add = config.balancing == "add"

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +39,30 @@ import torch
 from torch import nn
 
 from weightspace.device import module_device
-from weightspace.errors import ArchitectureMismatchError, InvalidParameterError
+from weightspace.errors import ArchitectureMismatchError, InvalidParameterError, WeightspaceError
 from weightspace.fusion.activations import capture, neuron_matrix
+from weightspace.fusion.inputs import check_fusion_inputs
 from weightspace.fusion.structure import OUTPUT, NeuronLayer, Structure, check_compatible
 
 GROUND_METRICS = ("activation", "weight")
 SOLVERS = ("emd", "sinkhorn")
 DISTANCES = ("euclidean", "sqeuclidean")
+ON_UNCONVERGED = ("error", "warn")
+EMD_MIN_ITER = 100_000
+"""POT's own default ``numItermax``: the floor of the size-scaled limit."""
+EMD_ITER_PER_ENTRY = 10
+"""Size-scaled iteration limit of the exact solver: this many per cost-matrix entry.
+A 2048 x 2048 layer needs about ``n_a * n_t`` network-simplex iterations; POT's fixed
+default of 100,000 stops long before that (with only a warning)."""
+_C_INT_MAX = 2**31 - 1
+
+log = logging.getLogger(__name__)
+
+
+class TransportNotConvergedError(WeightspaceError, RuntimeError):
+    """The exact OT solver stopped at its iteration limit: its plan is not optimal."""
+
+
 _BN_VECTORS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -65,6 +85,13 @@ class OTFusionConfig:
     recompute_bn_stats : bool
         After averaging, re-estimate BatchNorm running statistics on the samples passed
         to the fusion (:func:`recompute_batchnorm_stats`); off by default, as in the papers.
+    emd_max_iter : int or None
+        Iteration limit of the exact solver (POT's ``numItermax``); ``None`` scales it with
+        the layer: ``max(100000, 10 * n_a * n_t)``.
+    on_unconverged : {"error", "warn"}
+        What to do when the exact solver stops at ``emd_max_iter`` before optimality (its
+        plan is then not the optimal transport): raise
+        :class:`TransportNotConvergedError`, or warn and use the plan.
     """
 
     ground_metric: str = "activation"
@@ -73,24 +100,91 @@ class OTFusionConfig:
     distance: str = "euclidean"
     n_samples: int = 200
     recompute_bn_stats: bool = False
+    emd_max_iter: int | None = None
+    on_unconverged: str = "error"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("ground_metric", self.ground_metric, GROUND_METRICS),
             ("solver", self.solver, SOLVERS),
             ("distance", self.distance, DISTANCES),
+            ("on_unconverged", self.on_unconverged, ON_UNCONVERGED),
         ):
             if value not in allowed:
                 raise InvalidParameterError(
-                    f"OTFusion {name} must be one of {allowed}, got {value!r}"
+                    f"OTFusion {name} must be one of {allowed}, got {value!r} (ot.{name})"
                 )
-        if not self.reg > 0:
-            raise InvalidParameterError(f"OTFusion reg must be > 0, got {self.reg}")
-        if int(self.n_samples) < 2:
-            raise InvalidParameterError(f"OTFusion n_samples must be >= 2, got {self.n_samples}")
+        if not _is_number(self.reg) or not math.isfinite(self.reg) or not self.reg > 0:
+            raise InvalidParameterError(
+                f"OTFusion reg must be > 0 and finite, got {self.reg!r} (ot.reg)"
+            )
+        if not _is_int(self.n_samples) or self.n_samples < 2:
+            raise InvalidParameterError(
+                f"OTFusion n_samples must be >= 2 (an integer), got {self.n_samples!r} "
+                "(ot.n_samples)"
+            )
+        if self.emd_max_iter is not None and (
+            not _is_int(self.emd_max_iter) or not 1 <= self.emd_max_iter <= _C_INT_MAX
+        ):
+            raise InvalidParameterError(
+                f"OTFusion emd_max_iter must be an integer in [1, {_C_INT_MAX}] or null "
+                f"(scaled with the layer size), got {self.emd_max_iter!r} (ot.emd_max_iter)"
+            )
+        if not isinstance(self.recompute_bn_stats, bool):
+            raise InvalidParameterError(
+                f"OTFusion recompute_bn_stats must be true or false, got "
+                f"{self.recompute_bn_stats!r} (ot.recompute_bn_stats)"
+            )
 
 
-def transport_map(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) -> torch.Tensor:
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def emd_iteration_limit(n_a: int, n_t: int, max_iter: int | None = None) -> int:
+    """POT ``numItermax`` for an ``(n_a, n_t)`` exact problem: ``max_iter`` if given, else
+    ``max(100000, 10 * n_a * n_t)`` (capped at the solver's C ``int``)."""
+    if max_iter is not None:
+        return int(max_iter)
+    return int(min(max(EMD_MIN_ITER, EMD_ITER_PER_ENTRY * n_a * n_t), _C_INT_MAX))
+
+
+def _emd(a: np.ndarray, b: np.ndarray, m: np.ndarray, max_iter: int, on_unconverged: str):
+    """``ot.emd`` with its convergence read from ``log=True``, not from warnings."""
+    with warnings.catch_warnings():  # POT warns itself; the log's result code decides
+        warnings.filterwarnings("ignore", message="numItermax reached", category=UserWarning)
+        plan, info = ot.emd(a, b, m, numItermax=max_iter, log=True)
+    if info.get("warning") is None and info.get("result_code", 1) == 1:
+        return plan
+    off = max(np.abs(plan.sum(1) - a).max(), np.abs(plan.sum(0) - b).max())
+    message = (
+        f"the exact OT solver (ot.emd) did not converge on a {m.shape[0]} x {m.shape[1]} "
+        f"cost matrix within numItermax={max_iter} (result_code {info.get('result_code')}: "
+        f"{info.get('warning')}); its plan is not optimal (largest marginal error "
+        f"{off:.2g}, total mass {plan.sum():.4g} of 1). Raise ot.emd_max_iter (null scales "
+        "it with the layer size) or use solver: sinkhorn"
+    )
+    if on_unconverged == "error":
+        raise TransportNotConvergedError(
+            f"{message}; ot.on_unconverged: warn uses such plans with a warning"
+        )
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    log.warning(message)
+    return plan
+
+
+def transport_map(
+    cost: torch.Tensor,
+    solver: str = "emd",
+    reg: float = 0.01,
+    *,
+    max_iter: int | None = None,
+    on_unconverged: str = "error",
+) -> torch.Tensor:
     """Optimal coupling between uniform measures on the rows and columns of ``cost``.
 
     Parameters
@@ -99,19 +193,29 @@ def transport_map(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) ->
     solver : {"emd", "sinkhorn"}
     reg : float
         Entropic regularisation relative to ``cost.max()`` (Sinkhorn only).
+    max_iter : int, optional
+        Iteration limit of the exact solver; default scaled with the problem size
+        (:func:`emd_iteration_limit`).
+    on_unconverged : {"error", "warn"}
+        The exact solver stopped at ``max_iter`` (read from POT's ``log["result_code"]``):
+        raise :class:`TransportNotConvergedError` or warn (``RuntimeWarning``).
 
     Returns
     -------
     Tensor (n_a, n_t), float64
         Rows sum to ``1/n_a``, columns to ``1/n_t``.
     """
+    if on_unconverged not in ON_UNCONVERGED:
+        raise InvalidParameterError(
+            f"on_unconverged must be one of {ON_UNCONVERGED}, got {on_unconverged!r}"
+        )
     m = cost.detach().double().cpu().numpy()
     if not np.isfinite(m).all():
         raise InvalidParameterError("the OT ground cost contains NaN or inf (non-finite weights?)")
     n_a, n_t = m.shape
     a, b = np.full(n_a, 1.0 / n_a), np.full(n_t, 1.0 / n_t)
     if solver == "emd":
-        plan = ot.emd(a, b, m)
+        plan = _emd(a, b, m, emd_iteration_limit(n_a, n_t, max_iter), on_unconverged)
     elif solver == "sinkhorn":
         scale = m.max() if m.max() > 0 else 1.0
         plan = ot.sinkhorn(a, b, m / scale, reg, numItermax=5000, stopThr=1e-9)
@@ -188,7 +292,11 @@ class _Aligner:
         for layer in self.structure.layers:
             g = layer.out_group
             if g != OUTPUT and g not in self.plans:
-                plan = transport_map(self._cost(g), self.config.solver, self.config.reg)
+                c = self.config
+                plan = transport_map(
+                    self._cost(g), c.solver, c.reg,
+                    max_iter=c.emd_max_iter, on_unconverged=c.on_unconverged,
+                )  # fmt: skip
                 self.plans[g] = plan * plan.shape[1]  # T diag(1/beta)
             p_out = self._p(g)
             w = _align_out(
@@ -317,8 +425,20 @@ def otfusion(
     -------
     nn.Module
         A new module (a copy of ``models[target]``) with the fused weights.
+
+    Raises
+    ------
+    InvalidParameterError
+        Fewer than two models, or a bad option.
+    NonFiniteWeightsError
+        A NaN or inf in a model (named with its index and parameter).
+    ArchitectureMismatchError
+        Different layer types or activations, families, depths or input/output sizes.
+    TransportNotConvergedError
+        The exact solver did not converge (``config.on_unconverged="error"``).
     """
     config = _with_options(config or OTFusionConfig(), options)
+    models = check_fusion_inputs("otfusion", models, same_depth=True, x=x)
     states = align_models(models, x, target, config)
     fused = average_states(states, models[target], weights)
     if config.recompute_bn_stats and x is not None:
@@ -340,9 +460,15 @@ def vanilla_average(
 
     Raises
     ------
+    InvalidParameterError
+        Fewer than two models (an empty list included).
+    NonFiniteWeightsError
+        A NaN or inf in a model (named with its index and parameter).
     ArchitectureMismatchError
-        When state-dict keys or shapes differ (named in the message).
+        When layer types, activations, state-dict keys or shapes differ (named in the
+        message).
     """
+    models = check_fusion_inputs("vanilla_average", models, same_depth=True)
     ref = models[0].state_dict()
     for k, m in enumerate(models[1:], start=1):
         sd = m.state_dict()

@@ -13,22 +13,49 @@ from matplotlib.figure import Figure
 
 from weightspace.data import SplitDataset
 from weightspace.device import resolve_device
-from weightspace.errors import EmptyZooError
+from weightspace.errors import EmptyZooError, InvalidParameterError
 from weightspace.evaluation import fusion_protocol as fp
 from weightspace.evaluation.fusion_scores import CostScores, FinetuneScores, TeacherStudentScores
 from weightspace.reporting import fusion_report as fr
 from weightspace.zoo import Zoo
 from weightspace.zoo.grid import ArchEntry
-from weightspace_kedro.pipelines.fusion.settings import GRID, FusionSettings, resolve_architectures
+from weightspace_kedro.pipelines.fusion.settings import (
+    GRID,
+    KEY,
+    FusionSettings,
+    resolve_architectures,
+)
 from weightspace_kedro.typed import typed_settings
 
 Archs = dict[str, ArchEntry]
 
 
 def build_settings(params: dict[str, Any], grid: dict[str, Any]) -> tuple[FusionSettings, Archs]:
-    """``fusion.settings`` typed, and the ``zoo_fusion.grid`` architectures it names."""
-    settings = typed_settings(FusionSettings, params, "fusion.settings", "fusion")
-    return settings, resolve_architectures(settings, grid)
+    """``fusion.settings`` typed and validated, and the ``zoo_fusion.grid`` architectures
+    it names: the pipeline's first node, so a bad value fails in well under a second,
+    before the zoo is trained.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the key (under ``fusion.settings``), the value, what is allowed and the
+        parameters file (``conf/base/parameters_fusion.yml`` or the ``--env`` override).
+    """
+    try:
+        settings = typed_settings(FusionSettings, params, KEY, "fusion")
+    except InvalidParameterError as exc:
+        if KEY in str(exc):
+            raise
+        # a library config's own check names its field relative to fusion.settings
+        raise InvalidParameterError(f"{KEY}: {exc}") from exc
+    try:
+        return settings, resolve_architectures(settings, grid)
+    except InvalidParameterError as exc:  # a rule across fusion.settings and the zoo grid
+        if "parameters_fusion.yml" in str(exc):
+            raise
+        raise InvalidParameterError(
+            f"{exc} (in conf/<env>/parameters_fusion.yml; conf/base holds the defaults)"
+        ) from exc
 
 
 def _members(zoo: Zoo, dataset: str, arch: ArchEntry) -> list[torch.nn.Module]:
@@ -58,10 +85,13 @@ def collect_parents(
 
 def fuse(parents: dict[str, dict[str, Any]], settings: FusionSettings) -> dict[str, Any]:
     """One-shot fusion of every pair and of K alternating models (Tables 1-2, left)."""
-    return {
-        name: fp.one_shot(p["deep"], p["shallow"], p["dataset"], settings.cla, settings.ks)
-        for name, p in parents.items()
-    }
+    out = {}
+    for name, p in parents.items():
+        out[name] = fp.one_shot(
+            p["deep"], p["shallow"], p["dataset"], settings.cla, settings.ks,
+            progress=settings.progress, desc=name,
+        )  # fmt: skip
+    return out
 
 
 def finetune(
@@ -73,8 +103,9 @@ def finetune(
     for name, p in parents.items():
         cfg = settings.finetune_for(name)
         out[name] = fp.finetune_comparison(
-            p["deep"], p["shallow"], shots[name], p["dataset"], cfg, device=device
-        )
+            p["deep"], p["shallow"], shots[name], p["dataset"], cfg, device=device,
+            progress=settings.progress, desc=name,
+        )  # fmt: skip
     return out
 
 
@@ -87,8 +118,9 @@ def cost(
     for name, shot in shots.items():
         val_acc, seconds = shot.scores.mean("clafusion_val_acc"), shot.scores.mean("fusion_seconds")
         out[name] = fp.fusion_cost(
-            val_acc, shot.fused[0], parents[name]["dataset"], seconds, settings.cost, device
-        )
+            val_acc, shot.fused[0], parents[name]["dataset"], seconds, settings.cost, device,
+            progress=settings.progress, desc=name,
+        )  # fmt: skip
     return out
 
 
@@ -112,7 +144,7 @@ def distill(pairs: dict[str, Any], settings: FusionSettings) -> dict[str, Teache
         return {}
     scores = fp.teacher_student(
         pairs["teachers"], pairs["students"], pairs["dataset"], settings.cla, settings.kd,
-        resolve_device(settings.device),
+        resolve_device(settings.device), progress=settings.progress, desc=settings.kd.name,
     )  # fmt: skip
     return {settings.kd.name: scores}
 

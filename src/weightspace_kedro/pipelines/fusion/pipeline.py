@@ -1,4 +1,4 @@
-"""Fusion: ``kedro run --pipeline=fusion``.
+"""Fusion: ``kedro run --pipelines=fusion``.
 
 The ``zoo_fusion`` zoo (deep and shallow MLPs and VGGs, the zoo template) feeds the
 ``fusion`` namespace: typed settings -> collect parents -> one-shot fusion (OTFusion,

@@ -11,6 +11,12 @@ experiment uses, the headline experiment and the device.
 Architectures are named once, in ``zoo_fusion.grid.architectures`` (``key: mlp_deep``);
 experiments reference the key (``deep: mlp_deep``) and :func:`resolve_architectures`
 checks every reference against the grid before any work starts.
+
+Every value is checked when the dataclasses are built (their ``__post_init__``, so the
+library refuses the same values): types, ranges (``lr`` finite and > 0, epochs and batch
+sizes >= 1, every K an integer >= 2, ...), known names, and rules across fields (K <= 2 x
+the zoo's seeds, ``cla.balancing: merge`` only for MLP experiments). A bad
+``fusion.settings`` fails in the pipeline's first node, before the zoo is trained.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from weightspace.errors import InvalidParameterError
 from weightspace.evaluation.fusion_protocol import (
     CostConfig,
@@ -27,10 +35,34 @@ from weightspace.evaluation.fusion_protocol import (
     TeacherStudentConfig,
 )
 from weightspace.fusion import CLAFusionConfig, OTFusionConfig
-from weightspace.zoo.grid import ArchEntry, as_grid
+from weightspace.zoo.grid import ArchEntry, as_grid, expand_seeds
 
 GRID = "zoo_fusion.grid.architectures"
 """Where the architectures the settings reference are defined."""
+KEY = "fusion.settings"
+"""The parameters block these settings come from (``conf/base/parameters_fusion.yml``)."""
+DEVICES = ("auto", "cpu", "cuda", "cuda:<N>", "mps")
+"""Device names ``fusion.settings.device`` accepts (checked for syntax only: a GPU may
+be missing where the settings are read, e.g. when the gpu environment is validated)."""
+MERGE_FAMILIES = ("mlp",)
+"""Architecture names for which ``cla.balancing: merge`` is defined (CLAFusion §3.2)."""
+
+
+def _nonempty(where: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidParameterError(f"{where} must be a non-empty string, got {value!r}")
+
+
+def check_device(where: str, device: object) -> None:
+    """``device`` parses as a torch device name (availability is checked at run time)."""
+    if device == "auto":
+        return
+    try:
+        ok = isinstance(device, str) and torch.device(device).type in ("cpu", "cuda", "mps")
+    except (RuntimeError, TypeError):
+        ok = False
+    if not ok:
+        raise InvalidParameterError(f"{where} must be one of {list(DEVICES)}, got {device!r}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +91,10 @@ class ExperimentSettings:
     deep: str
     shallow: str
     finetune: FinetuneOverride = field(default_factory=FinetuneOverride)
+
+    def __post_init__(self) -> None:
+        for name in ("name", "dataset", "deep", "shallow"):
+            _nonempty(f"{KEY}.experiments[].{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -97,33 +133,57 @@ class FusionSettings:
     cost: CostConfig = field(default_factory=CostConfig)
     device: str = "auto"
     headline: str | None = None
+    progress: bool = True
 
     def __post_init__(self) -> None:
         names = [e.name for e in self.experiments]
         if not names or len(set(names)) != len(names):
             raise InvalidParameterError(
-                f"fusion.settings.experiments needs >= 1 experiment with distinct names, "
-                f"got {names}"
+                f"{KEY}.experiments needs >= 1 experiment with distinct names, got {names}"
             )
         if self.headline is not None and self.headline not in names:
             raise InvalidParameterError(
-                f"fusion.settings.headline {self.headline!r} is not an experiment; "
-                f"choose one of {names}"
+                f"{KEY}.headline {self.headline!r} is not an experiment; choose one of {names}"
             )
-        if any(int(k) < 2 for k in self.ks):
-            raise InvalidParameterError(f"fusion.settings.ks must be >= 2, got {self.ks}")
+        _check_ks(self.ks)
+        check_device(f"{KEY}.device", self.device)
+        if not isinstance(self.progress, bool):
+            raise InvalidParameterError(
+                f"{KEY}.progress must be true or false, got {self.progress!r}"
+            )
         if self.cla.ot not in (OTFusionConfig(), self.ot):
             raise InvalidParameterError(
-                "set the OTFusion options once, under fusion.settings.ot (not cla.ot)"
+                f"set the OTFusion options once, under {KEY}.ot (not cla.ot)"
             )
         object.__setattr__(self, "cla", dataclasses.replace(self.cla, ot=self.ot))
-        for e in self.experiments:
-            e.finetune.apply(self.finetune)  # a bad override fails here, not mid-run
+        for i, e in enumerate(self.experiments):
+            try:  # a bad override fails here, not mid-run
+                e.finetune.apply(self.finetune)
+            except InvalidParameterError as exc:
+                raise InvalidParameterError(
+                    f"{KEY}.experiments[{i}].finetune (experiment {e.name!r}): {exc}"
+                ) from exc
 
     def finetune_for(self, experiment: str) -> FinetuneConfig:
         """The fine-tuning settings of one experiment (its override applied)."""
         exp = next(e for e in self.experiments if e.name == experiment)
         return exp.finetune.apply(self.finetune)
+
+
+def _check_ks(ks: tuple[int, ...]) -> None:
+    """Every K of Table 2 an integer >= 2, at least one, no repeats."""
+    if not ks:
+        raise InvalidParameterError(
+            f"{KEY}.ks must list >= 1 number of models to fuse (e.g. [2, 4, 6]), got []"
+        )
+    for i, k in enumerate(ks):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise InvalidParameterError(
+                f"{KEY}.ks must be >= 2 (integers: fusion combines K >= 2 models), got "
+                f"{KEY}.ks[{i}] = {k!r} in {list(ks)}"
+            )
+    if len(set(ks)) != len(ks):
+        raise InvalidParameterError(f"{KEY}.ks must not repeat a K, got {list(ks)}")
 
 
 def grid_architectures(grid: Mapping[str, Any]) -> dict[str, ArchEntry]:
@@ -160,6 +220,7 @@ def resolve_architectures(
         A key no grid entry carries, or a dataset the entry does not train on.
     """
     archs = grid_architectures(grid)
+    _check_seeds(settings, grid)
     for where, key, dataset in _references(settings):
         if key not in archs:
             raise InvalidParameterError(
@@ -171,4 +232,31 @@ def resolve_architectures(
                 f"{where} = {key!r} is trained on {list(archs[key].datasets)} only, not on "
                 f"{dataset!r}; add the dataset to its 'datasets' in {GRID}"
             )
-    return {key: archs[key] for _, key, _ in _references(settings)}
+    used = {key: archs[key] for _, key, _ in _references(settings)}
+    if settings.cla.balancing == "merge":
+        for i, e in enumerate(settings.experiments):
+            for role in ("deep", "shallow"):
+                arch = used[getattr(e, role)]
+                if arch.name not in MERGE_FAMILIES:
+                    raise InvalidParameterError(
+                        f"{KEY}.cla.balancing = 'merge' is defined for MLPs only (CLAFusion "
+                        f"§3.2), but {KEY}.experiments[{i}].{role} = {arch.key!r} is a "
+                        f"{arch.name!r}; use balancing: add"
+                    )
+    return used
+
+
+def _check_seeds(settings: FusionSettings, grid: Mapping[str, Any]) -> None:
+    """Enough zoo seeds for the pairs (>= 2) and for the largest K (K <= 2 x seeds)."""
+    n = len(expand_seeds(as_grid(grid).seeds))
+    if n < 2:
+        raise InvalidParameterError(
+            f"the fusion protocol needs >= 2 models of each architecture; raise "
+            f"zoo_fusion.grid.seeds (now {n})"
+        )
+    if max(settings.ks) > 2 * n:
+        raise InvalidParameterError(
+            f"{KEY}.ks = {list(settings.ks)}: K = {max(settings.ks)} alternates deep and "
+            f"shallow models and needs {(max(settings.ks) + 1) // 2} of each, but "
+            f"zoo_fusion.grid.seeds trains {n}; lower K or raise the seeds"
+        )
