@@ -23,6 +23,7 @@ the authors explain them in the discussion):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from weightspace.checks import positive_number
 from weightspace.config import from_mapping, to_mapping
 from weightspace.data.features import ClassFeatureBank
 from weightspace.errors import (
@@ -45,10 +47,48 @@ from weightspace.generators.denoiser import ChunkDenoiser, ChunkDenoiserConfig
 from weightspace.generators.diffusion import GaussianDiffusion
 from weightspace.generators.ema import EMA
 from weightspace.generators.schedule import make_schedule
+from weightspace.generators.training_checkpoint import (
+    CheckpointPolicy,
+    get_rng_states,
+    interrupted,
+    losses_list,
+    losses_tensor,
+    set_rng_states,
+    stop_on_sigint,
+)
 from weightspace.generators.vae import ChunkVAE, ChunkVAEConfig, train_vae
 from weightspace.weights import ChunkLayout
 
 log = logging.getLogger(__name__)
+
+SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+"""Noise schedules :func:`~weightspace.generators.schedule.make_schedule` knows."""
+
+
+def _int(where: str, name: str, value: Any, low: int = 1) -> None:
+    """Raise unless ``value`` is an int (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidParameterError(f"{where}.{name} must be an integer >= {low}, got {value!r}")
+
+
+def _number(where: str, name: str, value: Any, low: float, high: float | None = None) -> None:
+    """Raise unless ``value`` is a finite number in ``[low, high]`` (``high=None``: no
+    upper bound)."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value >= low
+        and (high is None or value <= high)
+    )
+    if not ok:
+        rng = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InvalidParameterError(f"{where}.{name} must be a finite number {rng}, got {value!r}")
+
+
+def _positive(where: str, name: str, value: Any) -> None:
+    """Raise unless ``value`` is a finite number ``> 0``."""
+    positive_number(f"{where}.{name}", value)
 
 
 @dataclass(frozen=True)
@@ -60,6 +100,12 @@ class VAETraining:
     lr: float = 1e-3
     noise_augment: float = 1e-3
 
+    def __post_init__(self) -> None:
+        _int("vae_training", "epochs", self.epochs)
+        _int("vae_training", "batch_size", self.batch_size)
+        _positive("vae_training", "lr", self.lr)
+        _number("vae_training", "noise_augment", self.noise_augment, 0.0)
+
 
 @dataclass(frozen=True)
 class AlignTraining:
@@ -69,6 +115,12 @@ class AlignTraining:
     batch_size: int = 64
     lr: float = 1e-3
     temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        _int("align", "epochs", self.epochs)
+        _int("align", "batch_size", self.batch_size)
+        _positive("align", "lr", self.lr)
+        _positive("align", "temperature", self.temperature)
 
 
 @dataclass(frozen=True)
@@ -83,6 +135,18 @@ class DiffusionTraining:
     p_uncond: float = 0.1
     ema_decay: float = 0.999
 
+    def __post_init__(self) -> None:
+        _int("diffusion", "timesteps", self.timesteps, low=2)
+        if self.schedule not in SCHEDULES:
+            raise InvalidParameterError(
+                f"diffusion.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}"
+            )
+        _int("diffusion", "steps", self.steps)
+        _int("diffusion", "batch_size", self.batch_size)
+        _positive("diffusion", "lr", self.lr)
+        _number("diffusion", "p_uncond", self.p_uncond, 0.0, 1.0)
+        _number("diffusion", "ema_decay", self.ema_decay, 0.0, 1.0)
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -90,6 +154,10 @@ class SamplingConfig:
 
     steps: int = 50
     guidance: float = 1.0
+
+    def __post_init__(self) -> None:
+        _int("sampling", "steps", self.steps)
+        _number("sampling", "guidance", self.guidance, 0.0)
 
 
 @dataclass(frozen=True)
@@ -115,6 +183,15 @@ class D2NWGConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     shots: int = 5
     sets_per_task: int = 32
+
+    def __post_init__(self) -> None:
+        _int("d2nwg", "shots", self.shots)
+        _int("d2nwg", "sets_per_task", self.sets_per_task)
+        if self.sampling.steps > self.diffusion.timesteps:
+            raise InvalidParameterError(
+                f"d2nwg.sampling.steps ({self.sampling.steps}) must be <= "
+                f"diffusion.timesteps ({self.diffusion.timesteps})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict."""
@@ -249,7 +326,7 @@ class D2NWG(nn.Module):
             raise CheckpointMismatchError(
                 "this D2NWG checkpoint generates weights of another parameter spec "
                 f"({m['spec_fingerprint'][:12]}... vs {spec_fingerprint[:12]}...): retrain it "
-                "on this zoo (kedro run --pipeline=d2nwg) or load the matching weight set"
+                "on this zoo (kedro run --pipelines=d2nwg) or load the matching weight set"
             )
         layout = ChunkLayout.from_dict(
             {**m["layout"], **{k[7:]: v for k, v in t.items() if k.startswith("layout.")}}
@@ -260,12 +337,22 @@ class D2NWG(nn.Module):
 
 
 # ---------------------------------------------------------------------- training stages
-def fit_vae(model: D2NWG, chunks: torch.Tensor, seed: int, progress: bool = False) -> list[float]:
-    """Stage 1: train the VAE on normalized chunks ``(N, M, c)``, then fit its latent scale."""
+def fit_vae(
+    model: D2NWG,
+    chunks: torch.Tensor,
+    seed: int,
+    progress: bool = False,
+    checkpoint: CheckpointPolicy | None = None,
+) -> list[float]:
+    """Stage 1: train the VAE on normalized chunks ``(N, M, c)``, then fit its latent scale.
+
+    ``checkpoint``: periodic checkpoints and resumption (see :func:`train_vae`).
+    """
     cfg = model.config.vae_training
     losses = train_vae(
         model.vae, chunks, model.layout.mask.to(chunks.device), cfg.epochs,
         cfg.batch_size, cfg.lr, seed, noise_augment=cfg.noise_augment, progress=progress,
+        checkpoint=checkpoint,
     )  # fmt: skip
     model.vae.fit_latent_scale(chunks)
     model.vae.requires_grad_(False)
@@ -330,13 +417,30 @@ def fit_diffusion(
     chunks: torch.Tensor,
     seed: int,
     progress: bool = False,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> list[float]:
     """Stage 3: latent diffusion with the frozen encoder + a trained linear adapter.
 
     Returns the loss of every ``diffusion.steps // 100``-th step. The EMA weights are copied
     into the denoiser and adapter at the end.
+
+    ``checkpoint`` writes the whole training state (denoiser + adapter, EMA, optimizer,
+    step, losses, random generators) every ``checkpoint.every`` steps and at the end,
+    keyed by a fingerprint of the config, the seed, the data and the generator's weights
+    at the start of the stage; a rerun resumes from the newest valid checkpoint and ends
+    with the same weights as an uninterrupted run. SIGINT stops after the current step,
+    having written a checkpoint.
     """
     cfg, device = model.config, chunks.device
+    ck = None
+    if checkpoint is not None:
+        run = {
+            "config": {k: v for k, v in cfg.to_dict().items() if k != "sampling"},
+            "seed": seed,
+            "device": device.type,
+        }
+        tensors = (chunks, task_of_row, bank.feats, bank.counts, *model.state_dict().values())
+        ck = checkpoint.open("diffusion", run, *tensors)
     model.encoder.requires_grad_(False).eval()
     model.vae.eval()
     trainable = nn.ModuleDict({"denoiser": model.denoiser, "adapter": model.cond_adapter})
@@ -357,23 +461,46 @@ def fit_diffusion(
         ]).view(n_tasks, cfg.sets_per_task, -1)  # fmt: skip
     n = chunks.shape[0]
     losses: list[float] = []
-    bar = tqdm(range(dcfg.steps), desc="d2nwg diffusion", disable=not progress, mininterval=2)
-    for step in bar:
-        rows = torch.randint(0, n, (min(dcfg.batch_size, n),), generator=gen_cpu)
-        pick = torch.randint(0, cfg.sets_per_task, rows.shape, generator=gen_cpu)
-        with torch.no_grad():
-            x0 = model.vae.to_latent(chunks[rows.to(device)], sample=True, generator=gen_dev)
-        emb = emb_pool[task_of_row[rows].to(device), pick.to(device)]
-        cond = model.cond_adapter(emb)
-        loss = model.diffusion.training_loss(
-            model.denoiser, x0, cond=cond, p_uncond=dcfg.p_uncond, generator=gen_dev
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(trainable)
-        if step % max(dcfg.steps // 100, 1) == 0:
-            losses.append(float(loss.detach()))
+    start = 0
+    found = None if ck is None else ck.load_latest()
+    if found is not None:
+        start, state = found
+        trainable.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_states(state["rng"], gen_cpu, gen_dev, device=device)
+        losses = losses_list(state["losses"])
+        log.info("diffusion: resuming from step %d of %d in %s", start, dcfg.steps, ck.folder)
+    bar = tqdm(
+        range(start, dcfg.steps), initial=start, total=dcfg.steps, desc="d2nwg diffusion",
+        disable=not progress, mininterval=2,
+    )  # fmt: skip
+    with stop_on_sigint() as stop:
+        for step in bar:
+            rows = torch.randint(0, n, (min(dcfg.batch_size, n),), generator=gen_cpu)
+            pick = torch.randint(0, cfg.sets_per_task, rows.shape, generator=gen_cpu)
+            with torch.no_grad():
+                x0 = model.vae.to_latent(chunks[rows.to(device)], sample=True, generator=gen_dev)
+            emb = emb_pool[task_of_row[rows].to(device), pick.to(device)]
+            cond = model.cond_adapter(emb)
+            loss = model.diffusion.training_loss(
+                model.denoiser, x0, cond=cond, p_uncond=dcfg.p_uncond, generator=gen_dev
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update(trainable)
+            if step % max(dcfg.steps // 100, 1) == 0:
+                losses.append(float(loss.detach()))
+            done, last = step + 1, step + 1 == dcfg.steps
+            if ck is not None and (last or stop.requested or ck.due(done)):
+                ck.save(done, {
+                    "step": done, "model": trainable.state_dict(), "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(), "losses": losses_tensor(losses),
+                    "rng": get_rng_states(gen_cpu, gen_dev, device=device),
+                })  # fmt: skip
+            if stop.requested and not last:
+                raise interrupted("diffusion", done, ck)
     ema.copy_to(trainable)
     model.eval()
     return losses

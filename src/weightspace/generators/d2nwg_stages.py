@@ -27,6 +27,7 @@ from weightspace.data.base import SplitDataset
 from weightspace.data.features import ClassFeatureBank
 from weightspace.errors import EmptyZooError
 from weightspace.generators.d2nwg import D2NWG, check_vae_gate, fit_vae, reconstruct
+from weightspace.generators.training_checkpoint import CheckpointPolicy
 from weightspace.weights import ParameterSpec, WeightSet
 from weightspace.zoo import Zoo
 from weightspace.zoo.evaluate import stack_accuracy
@@ -115,12 +116,22 @@ def zoo_weights(zoo: Zoo, tasks: ZooTasks, chunk_size: int) -> ZooWeights:
 
 
 def fit_vae_gated(
-    model: D2NWG, weights: ZooWeights, tasks: ZooTasks, gate: float, seed: int, progress: bool
+    model: D2NWG,
+    weights: ZooWeights,
+    tasks: ZooTasks,
+    gate: float,
+    seed: int,
+    progress: bool,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> VAEGateReport:
-    """Stage 1 + the VAE gate (:func:`check_vae_gate` raises below ``gate``)."""
+    """Stage 1 + the VAE gate (:func:`check_vae_gate` raises below ``gate``).
+
+    ``checkpoint``: the VAE's periodic checkpoints (a rerun resumes; see
+    :func:`~weightspace.generators.vae.train_vae`).
+    """
     device = next(model.parameters()).device
     ws = weights.weight_set
-    losses = fit_vae(model, ws.chunks.to(device), seed, progress=progress)
+    losses = fit_vae(model, ws.chunks.to(device), seed, progress=progress, checkpoint=checkpoint)
     recon = ws.decode(reconstruct(model, ws.chunks.to(device)).cpu())
     test = tasks.test_stack()
     acc_rec = stack_accuracy(weights.template, recon, weights.task_of_row, test)

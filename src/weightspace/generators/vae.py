@@ -24,6 +24,7 @@ handed to the diffusion model are multiplied by :attr:`ChunkVAE.latent_scale`, f
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -37,6 +38,15 @@ from weightspace.errors import (
     InvalidParameterError,
     NonFiniteWeightsError,
     ShapeError,
+)
+from weightspace.generators.training_checkpoint import (
+    CheckpointPolicy,
+    get_rng_states,
+    interrupted,
+    losses_list,
+    losses_tensor,
+    set_rng_states,
+    stop_on_sigint,
 )
 
 logger = logging.getLogger(__name__)
@@ -333,6 +343,7 @@ def train_vae(
     weight_decay: float = 0.0,
     noise_augment: float = 0.0,
     progress: bool = False,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> list[float]:
     """Train ``vae`` in place with AdamW on a zoo's chunks.
 
@@ -354,6 +365,12 @@ def train_vae(
         target staying clean (p-diff, Wang et al. 2024, input noise augmentation).
     progress : bool
         Show a progress bar over epochs.
+    checkpoint : CheckpointPolicy, optional
+        Write the whole training state (VAE, optimizer, epoch, losses, random generators)
+        at the end of every epoch in which a multiple of ``checkpoint.every`` optimizer
+        steps is reached, and at the end; a rerun with the same settings, data and initial
+        weights resumes from the newest valid checkpoint and ends with the same weights as
+        an uninterrupted run. SIGINT stops after the current epoch, having written one.
 
     Returns
     -------
@@ -382,20 +399,51 @@ def train_vae(
     shuffle = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=weight_decay)
-    vae.train()
+    ck = None
+    if checkpoint is not None:
+        run = {
+            "config": asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "seed": seed, "weight_decay": weight_decay, "noise_augment": noise_augment,
+            "device": dev.type,
+        }  # fmt: skip
+        ck = checkpoint.open("vae", run, data, mask, *vae.state_dict().values())
     losses: list[float] = []
-    for epoch in tqdm(range(epochs), disable=not progress, desc="vae"):
-        order = torch.randperm(n, generator=shuffle).to(dev)
-        total = torch.zeros((), device=dev)
-        for idx in order.split(batch_size):
-            x = data[idx]
-            parts = vae.loss(x, mask, noise_gen, noise_augment)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            total += parts["loss"].detach() * idx.numel()
-        losses.append(float(total) / n)
-        logger.debug("vae epoch %d/%d: loss %.6g", epoch + 1, epochs, losses[-1])
+    start = step = 0
+    found = None if ck is None else ck.load_latest()
+    if found is not None:
+        step, state = found
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_states(state["rng"], shuffle, noise_gen, device=dev)
+        losses, start = losses_list(state["losses"]), int(state["epoch"])
+        logger.info("vae: resuming from step %d (epoch %d of %d) in %s", step, start, epochs,
+                    ck.folder)  # fmt: skip
+    vae.train()
+    per_epoch = math.ceil(n / batch_size)
+    bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress, desc="vae")
+    with stop_on_sigint() as stop:
+        for epoch in bar:
+            order = torch.randperm(n, generator=shuffle).to(dev)
+            total = torch.zeros((), device=dev)
+            for idx in order.split(batch_size):
+                x = data[idx]
+                parts = vae.loss(x, mask, noise_gen, noise_augment)
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                opt.step()
+                total += parts["loss"].detach() * idx.numel()
+            losses.append(float(total) / n)
+            logger.debug("vae epoch %d/%d: loss %.6g", epoch + 1, epochs, losses[-1])
+            before, step = step, step + per_epoch
+            last = epoch + 1 == epochs
+            if ck is not None and (last or stop.requested or step // ck.every > before // ck.every):
+                ck.save(step, {
+                    "step": step, "epoch": epoch + 1, "model": vae.state_dict(),
+                    "optimizer": opt.state_dict(), "losses": losses_tensor(losses),
+                    "rng": get_rng_states(shuffle, noise_gen, device=dev),
+                })  # fmt: skip
+            if stop.requested and not last:
+                raise interrupted("vae", step, ck)
     vae.eval()
     logger.info("trained ChunkVAE for %d epochs: loss %.6g -> %.6g", epochs, losses[0], losses[-1])
     return losses

@@ -43,8 +43,15 @@ def _run(tmp_path, params: dict) -> tuple[dict, DataCatalog]:
     return catalog.load("d2nwg.metrics"), catalog
 
 
+def _checkpoints_in(params: dict, folder) -> dict:
+    """Generator training checkpoints under ``folder`` (not the project's data/)."""
+    for ns in ("d2nwg_heads", "d2nwg_networks"):
+        params[ns]["settings"]["generator"]["checkpoint_dir"] = str(folder)
+    return params
+
+
 def test_both_scenarios_run_resume_and_reproduce(tmp_path):
-    params = merged_params("test")
+    params = _checkpoints_in(merged_params("test"), tmp_path / "generator_checkpoints")
     first, catalog = _run(tmp_path, params)
     # Scenario (a): 6 zoo tasks x 2 seeds of 3-way heads; seen/unseen/novel scored.
     assert first["n_zoo_heads"] == 12 and first["n_unseen_tasks"] == 2
@@ -64,6 +71,11 @@ def test_both_scenarios_run_resume_and_reproduce(tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/checkpoints/*")}
     untimed = [k for k in first if "second" not in k and "speedup" not in k]
     assert {k: first[k] for k in untimed} == {k: second[k] for k in untimed}
+    # The VAE and diffusion stages of both scenarios left checkpoints (the rerun resumed
+    # from their final ones: same numbers).
+    stages = {p.name.split("-")[0] for p in (tmp_path / "generator_checkpoints").iterdir()}
+    assert stages == {"vae", "diffusion"}
+    assert len(list((tmp_path / "generator_checkpoints").iterdir())) == 4
 
 
 @pytest.mark.parametrize(
@@ -77,7 +89,7 @@ def test_both_scenarios_run_resume_and_reproduce(tmp_path):
     ],
 )  # fmt: skip
 def test_bad_parameter_fails_first_naming_key_and_file(tmp_path, path, value, match):
-    params = merged_params("test")
+    params = _checkpoints_in(merged_params("test"), tmp_path / "generator_checkpoints")
     block = params
     for key in path[:-1]:
         block = block[key]

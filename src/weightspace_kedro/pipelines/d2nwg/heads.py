@@ -46,14 +46,15 @@ def build_settings(params: dict[str, Any]) -> HeadsSettings:
 
 
 def plan_backbones(s: HeadsSettings) -> tuple[list[MemberSpec], dict[str, SplitDataset]]:
-    """One feature extractor per domain, trained on its seen classes only."""
+    """One feature extractor per domain, trained on its seen classes only (the split's
+    seed ``s.seed`` is each member's ``data_seed``)."""
     datasets = {d.name: load_dataset(d.name, seed=s.seed) for d in s.pool.domains}
     members = [
         MemberSpec(
             s.backbone.name,
             TaskSpec(d.name, classes=tuple(c for c in range(datasets[d.name].n_classes)
                                            if c not in d.novel)),
-            s.seed, s.backbone.train, arch_config=dict(s.backbone.config),
+            s.seed, s.backbone.train, arch_config=dict(s.backbone.config), data_seed=s.seed,
         )
         for d in s.pool.domains
     ]  # fmt: skip
@@ -79,11 +80,12 @@ def build_pool(
 def plan_heads(
     pool: ClassPool, tasks: dict, s: HeadsSettings
 ) -> tuple[list[MemberSpec], dict[str, SplitDataset]]:
-    """The zoo of heads: one per (zoo task, seed)."""
+    """The zoo of heads: one per (zoo task, seed); members carry the data seed (the split
+    of the pool's datasets), so another split never reuses heads trained on this one."""
     base = pool_dataset(pool.dataset)
     members = [
         MemberSpec(HEAD["name"], TaskSpec(base.name, classes=tuple(c)), seed, s.heads.train,
-                   arch_config=HEAD["config"])
+                   arch_config=HEAD["config"], data_seed=s.seed)
         for c in tasks["zoo"]
         for seed in range(s.heads.seeds)
     ]  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from weightspace.data import SplitDataset, make_task
+from weightspace.errors import InvalidParameterError
 from weightspace.evaluation.memorization import memorization_audit
 from weightspace.evaluation.retrieval import (
     RetrievalScores,
@@ -59,7 +60,18 @@ def build_settings(params: dict[str, Any]) -> NetworksSettings:
 def zoo_tasks(
     members: list[MemberSpec], datasets: dict[str, SplitDataset], s: NetworksSettings
 ) -> ZooTasks:
-    """The zoo's datasets in grid order, conditioned on flattened raw inputs."""
+    """The zoo's datasets in grid order, conditioned on flattened raw inputs.
+
+    The members come from the zoo template's grid and carry the zoo's data seed
+    (``zoo_d2nwg_networks.data.seed``, part of each member id): another split trains
+    other networks instead of reusing ones that saw this split's test data.
+    """
+    seeds = sorted({m.data_seed for m in members})
+    if len(seeds) > 1:
+        raise InvalidParameterError(
+            f"zoo_d2nwg_networks members were trained on splits of data seeds {seeds}; one "
+            "zoo must use one split (set zoo_d2nwg_networks.data.seed)"
+        )
     specs = list(dict.fromkeys(m.task for m in members))
     tasks = [make_task(datasets[t.dataset], t) for t in specs]
     input_shape, n_classes = check_shared_architecture(tasks)

@@ -118,7 +118,7 @@ def merge_reports(heads_metrics: dict, networks_metrics: dict) -> dict[str, floa
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``kedro run --pipeline=d2nwg``: both scenarios and the merged report."""
+    """``kedro run --pipelines=d2nwg``: both scenarios and the merged report."""
     report = Pipeline(
         [
             Node(

@@ -5,16 +5,53 @@ Every default lives in these dataclasses or in the library configs they compose
 :class:`~weightspace.evaluation.d2nwg_protocol.FewShotProtocol`,
 :class:`~weightspace.zoo.TrainConfig`); the YAML states values, and unknown keys fail in
 the first node with their dotted path.
+
+Every value is checked when a settings object is built (``__post_init__``): types,
+ranges, choices and the rules that tie fields together (``pool.way`` against the classes
+of the chosen datasets, ``evaluation.n_seen`` against ``pool.n_zoo``, ...), so a bad value
+fails in the pipeline's first node, in well under a second, instead of after the zoos are
+trained. The class counts of the datasets are known without loading them
+(:data:`CLASS_COUNTS`).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightspace.data.registry import DATASETS
+from weightspace.errors import InvalidParameterError
 from weightspace.evaluation.d2nwg_protocol import FewShotProtocol
 from weightspace.generators.d2nwg import D2NWGConfig
+from weightspace.generators.training_checkpoint import CheckpointPolicy
+from weightspace.nets.registry import ARCHITECTURES
 from weightspace.zoo import TrainConfig
+
+CLASS_COUNTS: dict[str, int] = {
+    "digits": 10,
+    "mnist1d": 10,
+    "mnist": 10,
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+}
+"""Classes of the registered datasets, known without loading them."""
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _int(key: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidParameterError(f"{key} must be an integer >= {low}, got {value!r}")
+
+
+def _device(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise InvalidParameterError(
+            f"{key} must be 'auto', 'cpu', 'mps' or 'cuda[:N]', got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -25,6 +62,28 @@ class GeneratorSettings:
     vae_gate: float = 0.95
     progress: bool = True
     d2nwg: D2NWGConfig = field(default_factory=D2NWGConfig)
+    # periodic training checkpoints of the VAE and diffusion stages (null: none); a rerun
+    # with the same settings and data resumes from the newest one
+    checkpoint_dir: str | None = "data/06_models/d2nwg_checkpoints"
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        _int("generator.chunk_size", self.chunk_size, 1)
+        if (
+            isinstance(self.vae_gate, bool)
+            or not isinstance(self.vae_gate, int | float)
+            or not 0.0 <= self.vae_gate <= 1.0
+        ):
+            raise InvalidParameterError(
+                f"generator.vae_gate must be a number in [0, 1], got {self.vae_gate!r}"
+            )
+        if not isinstance(self.progress, bool):
+            raise InvalidParameterError(f"generator.progress must be true or false, got "
+                                        f"{self.progress!r}")  # fmt: skip
+        try:
+            CheckpointPolicy(self.checkpoint_dir, self.checkpoint_every)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"generator.{exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -33,6 +92,36 @@ class Domain:
 
     name: str
     novel: tuple[int, ...] = (7, 8, 9)
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise InvalidParameterError(
+                f"pool.domains: unknown dataset {self.name!r}; choose from {sorted(DATASETS)}"
+            )
+        embedded = sorted(n for n, e in DATASETS.items() if not e.needs_root)
+        if DATASETS[self.name].needs_root:
+            raise InvalidParameterError(
+                f"pool.domains: {self.name!r} is read from a folder, which the pool has no "
+                f"setting for; choose from the embedded datasets {embedded}"
+            )
+        n = self.n_classes
+        bad = [c for c in self.novel if isinstance(c, bool) or not isinstance(c, int)
+               or not 0 <= c < n]  # fmt: skip
+        if bad or len(set(self.novel)) != len(self.novel):
+            raise InvalidParameterError(
+                f"pool.domains[{self.name}].novel must be distinct classes in [0, {n}), "
+                f"got {list(self.novel)}"
+            )
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of this dataset (known without loading it)."""
+        if self.name not in CLASS_COUNTS:
+            raise InvalidParameterError(
+                f"pool.domains: the class count of {self.name!r} is not known; add it to "
+                "CLASS_COUNTS in weightspace_kedro/pipelines/d2nwg/settings.py"
+            )
+        return CLASS_COUNTS[self.name]
 
 
 @dataclass(frozen=True)
@@ -46,6 +135,37 @@ class PoolSettings:
     n_unseen: int = 20
     n_novel: int = 6
 
+    def __post_init__(self) -> None:
+        if not self.domains:
+            raise InvalidParameterError("pool.domains is empty; name at least one dataset")
+        names = [d.name for d in self.domains]
+        if len(set(names)) != len(names):
+            raise InvalidParameterError(f"pool.domains names a dataset twice: {names}")
+        _int("pool.way", self.way, 2)
+        _int("pool.n_zoo", self.n_zoo, 1)
+        _int("pool.n_unseen", self.n_unseen, 0)
+        _int("pool.n_novel", self.n_novel, 0)
+        novel = sum(len(d.novel) for d in self.domains)
+        seen = sum(d.n_classes for d in self.domains) - novel
+        pool = " + ".join(f"{d.name} ({d.n_classes} classes)" for d in self.domains)
+        if self.way > seen:
+            raise InvalidParameterError(
+                f"pool.way ({self.way}) is more than the {seen} seen classes of the pool "
+                f"{pool} minus the novel ones; lower pool.way"
+            )
+        if math.comb(seen, self.way) < self.n_zoo + self.n_unseen:
+            raise InvalidParameterError(
+                f"pool.n_zoo + pool.n_unseen ({self.n_zoo} + {self.n_unseen}) exceed the "
+                f"C({seen}, {self.way}) = {math.comb(seen, self.way)} distinct {self.way}-way "
+                "tasks of the seen classes"
+            )
+        if self.n_novel and math.comb(novel, self.way) < self.n_novel:
+            raise InvalidParameterError(
+                f"pool.n_novel ({self.n_novel}) exceeds the C({novel}, {self.way}) = "
+                f"{math.comb(novel, self.way)} distinct {self.way}-way tasks of the {novel} "
+                "novel classes; lower pool.n_novel or pool.way, or hold out more classes"
+            )
+
 
 @dataclass(frozen=True)
 class BackboneSettings:
@@ -55,6 +175,13 @@ class BackboneSettings:
     config: dict[str, Any] = field(default_factory=lambda: {"stages": [[16], [32]]})
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.003, epochs=15))
 
+    def __post_init__(self) -> None:
+        if self.name not in ARCHITECTURES:
+            raise InvalidParameterError(
+                f"backbone.name: unknown architecture {self.name!r}; choose from "
+                f"{sorted(ARCHITECTURES)}"
+            )
+
 
 @dataclass(frozen=True)
 class HeadsZooSettings:
@@ -62,6 +189,9 @@ class HeadsZooSettings:
 
     seeds: int = 4
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _int("heads.seeds", self.seeds, 1)
 
 
 @dataclass(frozen=True)
@@ -76,6 +206,24 @@ class HeadsSettings:
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     evaluation: FewShotProtocol = field(default_factory=FewShotProtocol)
 
+    def __post_init__(self) -> None:
+        _int("seed", self.seed, 0)
+        _device("device", self.device)
+        ev = self.evaluation
+        for name, low in (("shots", 1), ("n_seen", 0), ("n_candidates", 1),
+                          ("throughput_candidates", 1), ("random_seed", 0)):  # fmt: skip
+            _int(f"evaluation.{name}", getattr(ev, name), low)
+        if ev.n_seen > self.pool.n_zoo:
+            raise InvalidParameterError(
+                f"evaluation.n_seen ({ev.n_seen}) must be <= pool.n_zoo ({self.pool.n_zoo})"
+            )
+        for name, low in (("finetune_steps", 1), ("oracle_seeds", 0)):
+            values = getattr(ev, name)
+            if not values:
+                raise InvalidParameterError(f"evaluation.{name} must not be empty")
+            for v in values:
+                _int(f"evaluation.{name}[]", v, low)
+
 
 @dataclass(frozen=True)
 class RetrievalProtocol:
@@ -83,6 +231,10 @@ class RetrievalProtocol:
 
     shots: int = 5
     n_candidates: int = 10
+
+    def __post_init__(self) -> None:
+        _int("evaluation.shots", self.shots, 1)
+        _int("evaluation.n_candidates", self.n_candidates, 1)
 
 
 @dataclass(frozen=True)
@@ -93,3 +245,7 @@ class NetworksSettings:
     device: str = "auto"
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     evaluation: RetrievalProtocol = field(default_factory=RetrievalProtocol)
+
+    def __post_init__(self) -> None:
+        _int("seed", self.seed, 0)
+        _device("device", self.device)

@@ -17,7 +17,15 @@ from weightspace.generators.d2nwg_stages import (
     fit_vae_gated,
     zoo_weights,
 )
+from weightspace.generators.training_checkpoint import CheckpointPolicy
 from weightspace.zoo import Zoo
+
+
+def checkpoint_policy(settings: Any) -> CheckpointPolicy:
+    """Periodic training checkpoints of the generator (``generator.checkpoint_dir: null``
+    turns them off)."""
+    g = settings.generator
+    return CheckpointPolicy(g.checkpoint_dir, g.checkpoint_every)
 
 
 def vectorize(zoo: Zoo, tasks: ZooTasks, settings: Any) -> ZooWeights:
@@ -33,7 +41,10 @@ def fit_weight_vae(
     model = D2NWG(
         g.d2nwg, weights.weight_set.layout, tasks.feature_dim, tasks.n_classes, seed=settings.seed
     ).to(resolve_device(settings.device))
-    gate = fit_vae_gated(model, weights, tasks, g.vae_gate, settings.seed, progress=False)
+    gate = fit_vae_gated(
+        model, weights, tasks, g.vae_gate, settings.seed, progress=False,
+        checkpoint=checkpoint_policy(settings),
+    )  # fmt: skip
     return model, gate
 
 
@@ -54,6 +65,6 @@ def train_latent_diffusion(
     chunks = ws.chunks.to(resolve_device(settings.device))
     losses = fit_diffusion(
         model, tasks.bank, weights.task_of_row, chunks, settings.seed,
-        progress=settings.generator.progress,
+        progress=settings.generator.progress, checkpoint=checkpoint_policy(settings),
     )  # fmt: skip
     return model, losses, model.to_bundle(ws.spec.fingerprint)
