@@ -9,8 +9,11 @@ SHELL := bash
 
 export KEDRO_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
+# every target (and the `kedro run` inside each DVC stage) finds the venv's tools without
+# activating it
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint format repro viz bench clean-data
+.PHONY: run test lint format repro viz bench clean-data tools
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +22,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 run: $(STAMP)  ## set up + kedro run the headline pipeline on the embedded default data
-	$(BIN)/kedro run --pipeline=$(PIPELINE)
+	$(BIN)/kedro run --pipelines=$(PIPELINE)
 
 test: $(STAMP)  ## set up + lint + the whole test suite
 	$(BIN)/ruff check src tests benchmarks
@@ -41,3 +44,6 @@ viz: $(STAMP)  ## build the kedro-viz site into build/ (serve it over http to lo
 
 bench: $(STAMP)  ## speed benchmarks: print tables, write benchmarks/results/*.json
 	$(BIN)/python benchmarks/zoo_throughput.py
+
+tools:  ## the tools every target uses (from .venv, no activation needed)
+	@command -v python kedro dvc ruff

@@ -1,6 +1,6 @@
 """D2NWG against the issue's targets: runs the pipeline (or reads its last metrics).
 
-    python benchmarks/d2nwg_targets.py                 # kedro run --pipeline=d2nwg, then the table
+    python benchmarks/d2nwg_targets.py                 # kedro run --pipelines=d2nwg, then the table
     python benchmarks/d2nwg_targets.py --env gpu       # on the GPU box
     python benchmarks/d2nwg_targets.py --no-run        # only read data/08_reporting/d2nwg
 

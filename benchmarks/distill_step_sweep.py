@@ -1,7 +1,7 @@
 """TDiv−SDiv step size: LatentBE students distilled with larger and larger perturbations.
 
     python benchmarks/distill_step_sweep.py            # needs the teachers of
-                                                       # kedro run --pipeline=distill
+                                                       # kedro run --pipelines=distill
 
 Reads the ``zoo_distill`` teachers and the distill settings of an environment, then for
 every step in ``--steps`` (per-coordinate RMS, in units of the input range; 1/255 is the

@@ -1,6 +1,6 @@
 """Ensemble distillation against the issue's targets, from the pipeline's own metrics.
 
-    python benchmarks/distill_targets.py             # kedro run --pipeline=distill + table
+    python benchmarks/distill_targets.py             # kedro run --pipelines=distill + table
     python benchmarks/distill_targets.py --no-run    # read data/08_reporting/distill
     python benchmarks/distill_targets.py --env gpu   # the --env gpu run (on the GPU box)
 

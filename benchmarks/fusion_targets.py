@@ -1,6 +1,6 @@
 """Fusion against the issue's targets: OT speed, then the pipeline's own metrics.
 
-    python benchmarks/fusion_targets.py            # timing + kedro run --pipeline=fusion + table
+    python benchmarks/fusion_targets.py            # timing + kedro run --pipelines=fusion + table
     python benchmarks/fusion_targets.py --no-run   # timing + read data/08_reporting/fusion
 
 1. Times exact-OT fusion of two MLPs with 512-wide hidden layers (64-512-512-10, 200

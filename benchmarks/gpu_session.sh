@@ -7,6 +7,7 @@
 # D2NWG=1 / FUSION=1 / DISTILL=1 / WF=1 / SW=1 add those pipelines' target runs (--env gpu).
 set -euo pipefail
 OUT=${OUT:-benchmarks/results}
+DATA=data/gpu  # where --env gpu writes (conf/gpu/globals.yml)
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
@@ -21,22 +22,22 @@ if [ "${CHECKS:-1}" = 1 ]; then
     --out "$OUT/zoo_throughput_cuda_64k.json"
 fi
 if [ "${SKIP_KEDRO:-0}" != 1 ]; then
-  time python3 -m kedro run --env gpu --pipeline=zoo 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
-  cp data/08_reporting/zoo/metrics.json "$OUT/gpu_zoo_metrics.json"
-  cp data/08_reporting/zoo/accuracy.png "$OUT/gpu_zoo_accuracy.png"
+  time python3 -m kedro run --env gpu --pipelines=zoo 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
+  cp "$DATA"/08_reporting/zoo/metrics.json "$OUT/gpu_zoo_metrics.json"
+  cp "$DATA"/08_reporting/zoo/accuracy.png "$OUT/gpu_zoo_accuracy.png"
 fi
 if [ "${D2NWG:-0}" = 1 ]; then
   time python3 benchmarks/d2nwg_targets.py --env gpu 2>&1 | grep -vE "step/s\]|^\s+$" | tail -60
   cp benchmarks/results/d2nwg_gpu.json "$OUT/" 2>/dev/null || true
   for f in accuracy_hist finetune_curves latents; do
-    cp "data/08_reporting/d2nwg/$f.png" "$OUT/d2nwg_gpu_$f.png" 2>/dev/null || true
+    cp "$DATA/08_reporting/d2nwg/$f.png" "$OUT/d2nwg_gpu_$f.png" 2>/dev/null || true
   done
 fi
 if [ "${FUSION:-0}" = 1 ]; then
   time python3 benchmarks/fusion_targets.py --env gpu 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
   cp benchmarks/results/fusion_gpu.json "$OUT/" 2>/dev/null || true
-  cp data/08_reporting/fusion/tables.md "$OUT/fusion_gpu_tables.md" 2>/dev/null || true
-  cp data/08_reporting/fusion/accuracy_vs_k.png "$OUT/fusion_gpu_accuracy_vs_k.png" 2>/dev/null || true
+  cp "$DATA"/08_reporting/fusion/tables.md "$OUT/fusion_gpu_tables.md" 2>/dev/null || true
+  cp "$DATA"/08_reporting/fusion/accuracy_vs_k.png "$OUT/fusion_gpu_accuracy_vs_k.png" 2>/dev/null || true
 fi
 if [ "${DISTILL:-0}" = 1 ]; then
   time python3 benchmarks/distill_targets.py --env gpu --tag "${TAG:-}" 2>&1 \
@@ -55,7 +56,7 @@ if [ "${SW:-0}" = 1 ]; then
   # call while the machine is warm
   time timeout "${SW_LIMIT:-3000}" python3 benchmarks/superweights_targets.py --env gpu \
     --tag "${TAG:-}" > "$OUT/superweights_gpu${TAG:-}.log" 2>&1 || true
-  ls data/07_model_output/superweights/runs/* 2>/dev/null | wc -l
+  ls "$DATA"/07_model_output/superweights/runs/* 2>/dev/null | wc -l
   grep -vE "step/s\]|it/s\]|^\s+$" "$OUT/superweights_gpu${TAG:-}.log" | tail -40
   cp benchmarks/results/superweights_gpu* "$OUT/" 2>/dev/null || true
 fi

@@ -16,15 +16,20 @@ Row = tuple[str, float, str, bool]
 
 
 def pipeline_metrics(pipeline: str, env: str = "base", run: bool = True) -> dict:
-    """``kedro run --pipeline=<pipeline> [--env=<env>]`` (unless ``run`` is False), then its
+    """``kedro run --pipelines=<pipeline> [--env=<env>]`` (unless ``run`` is False), then its
     ``data/08_reporting/<pipeline>/metrics.json``."""
     if run:
-        cmd = [sys.executable, "-m", "kedro", "run", f"--pipeline={pipeline}"]
+        cmd = [sys.executable, "-m", "kedro", "run", f"--pipelines={pipeline}"]
         if env != "base":
             cmd.append(f"--env={env}")
         environ = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
         subprocess.run(cmd, cwd=ROOT, env=environ, check=True)
-    return json.loads((ROOT / f"data/08_reporting/{pipeline}/metrics.json").read_text())
+    return json.loads((data_root(env) / f"08_reporting/{pipeline}/metrics.json").read_text())
+
+
+def data_root(env: str = "base") -> Path:
+    """Where ``--env <env>`` writes (``conf/<env>/globals.yml``: data, data/test, data/gpu)."""
+    return ROOT / "data" if env == "base" else ROOT / "data" / env
 
 
 def print_targets(rows: list[Row]) -> None:
@@ -52,7 +57,7 @@ def write_results(
         "metrics": metrics,
     }
     out.write_text(json.dumps(result, indent=2))
-    report = ROOT / "data/08_reporting" / pipeline
+    report = data_root(env) / "08_reporting" / pipeline
     for copy in copies:
         shutil.copy(report / copy, out.with_name(f"{name}_{copy}"))
     print(f"wrote {out.relative_to(ROOT)}")

@@ -1,6 +1,6 @@
 """SuperWeights against the issue's targets, from the pipeline's own metrics.
 
-    python benchmarks/superweights_targets.py            # kedro run --pipeline=superweights
+    python benchmarks/superweights_targets.py            # kedro run --pipelines=superweights
     python benchmarks/superweights_targets.py --no-run   # read data/08_reporting/superweights
     python benchmarks/superweights_targets.py --env gpu  # the --env gpu run (on the GPU box)
 

@@ -1,6 +1,6 @@
 """WeightFormer against the issue's targets, from the pipeline's own metrics.
 
-    python benchmarks/weightformer_targets.py            # kedro run --pipeline=weightformer
+    python benchmarks/weightformer_targets.py            # kedro run --pipelines=weightformer
     python benchmarks/weightformer_targets.py --no-run   # read data/08_reporting/weightformer
     python benchmarks/weightformer_targets.py --env gpu  # the --env gpu run (on the GPU box)
 

@@ -48,30 +48,30 @@ def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_kedro_run_env_test_zoo_then_vectorize(project):
-    _kedro(project, "run", "--env", "test", "--pipeline", "zoo")
-    metrics = json.loads((project / "data/08_reporting/zoo/metrics.json").read_text())
+    _kedro(project, "run", "--env", "test", "--pipelines", "zoo")
+    metrics = json.loads((project / "data/test/08_reporting/zoo/metrics.json").read_text())
     assert metrics["n_models"] == 16 and metrics["run_n_trained"] == 16
-    assert (project / "data/08_reporting/zoo/accuracy.png").stat().st_size > 10_000
-    assert (project / "data/03_primary/zoo/index.parquet").exists()
-    zoo = Zoo.load(project / "data/03_primary/zoo")
+    assert (project / "data/test/08_reporting/zoo/accuracy.png").stat().st_size > 10_000
+    assert (project / "data/test/03_primary/zoo/index.parquet").exists()
+    zoo = Zoo.load(project / "data/test/03_primary/zoo")
     assert zoo.verify() == ([], [])
 
-    _kedro(project, "run", "--env", "test", "--pipeline", "vectorize")
-    vec = json.loads((project / "data/08_reporting/vectorize/metrics.json").read_text())
+    _kedro(project, "run", "--env", "test", "--pipelines", "vectorize")
+    vec = json.loads((project / "data/test/08_reporting/vectorize/metrics.json").read_text())
     assert vec["n_models"] == len(zoo)  # final_only: false in conf/test: trajectories too
     assert vec["max_roundtrip_error_chunk"] == 0.0
 
     # Delete one checkpoint: only that member is retrained.
     victim = zoo.index[zoo.index["is_final"]].iloc[0]
-    (project / "data/03_primary/zoo" / victim["path"]).unlink()
-    _kedro(project, "run", "--env", "test", "--pipeline", "zoo")
-    again = json.loads((project / "data/08_reporting/zoo/metrics.json").read_text())
+    (project / "data/test/03_primary/zoo" / victim["path"]).unlink()
+    _kedro(project, "run", "--env", "test", "--pipelines", "zoo")
+    again = json.loads((project / "data/test/08_reporting/zoo/metrics.json").read_text())
     assert again["run_n_trained"] == 1 and again["run_n_reused"] == 15
 
 
 def test_kedro_run_env_test_d2nwg(project):
-    _kedro(project, "run", "--env", "test", "--pipeline", "d2nwg")
-    metrics = json.loads((project / "data/08_reporting/d2nwg/metrics.json").read_text())
+    _kedro(project, "run", "--env", "test", "--pipelines", "d2nwg")
+    metrics = json.loads((project / "data/test/08_reporting/d2nwg/metrics.json").read_text())
     required = [
         "seen_zoo_mean_acc", "seen_sampled_mean_acc", "seen_sampled_best_acc",
         "unseen_oracle_acc", "unseen_sampled_mean_acc", "unseen_random_init_acc",
@@ -84,8 +84,8 @@ def test_kedro_run_env_test_d2nwg(project):
     assert all(0.0 <= metrics[k] <= 1.0 for k in required if k.endswith("acc"))
     assert metrics["n_zoo_heads"] == 12
     for plot in ("accuracy_hist", "finetune_curves", "latents"):
-        assert (project / f"data/08_reporting/d2nwg/{plot}.png").stat().st_size > 5_000
-    assert (project / "data/06_models/d2nwg/generator.safetensors").exists()
+        assert (project / f"data/test/08_reporting/d2nwg/{plot}.png").stat().st_size > 5_000
+    assert (project / "data/test/06_models/d2nwg/generator.safetensors").exists()
     # Scenario (b): whole networks over digits + 2 transforms, model retrieval.
     networks = [
         "networks_zoo_mean_acc", "networks_sampled_mean_acc", "networks_sampled_best_acc",
@@ -100,10 +100,10 @@ def test_kedro_run_env_test_d2nwg(project):
     assert all(0.0 <= metrics[k] <= 1.0 for k in networks if k != "networks_vae_recon_acc_ratio")
     assert metrics["networks_n_zoo"] == 6 and metrics["networks_n_datasets"] == 3
     assert metrics["networks_zoo_mean_acc"] > 0.5  # 2 epochs already beat chance (0.1)
-    assert (project / "data/08_reporting/d2nwg/networks_accuracy.png").stat().st_size > 5_000
-    assert (project / "data/06_models/d2nwg/networks_generator.safetensors").exists()
+    assert (project / "data/test/08_reporting/d2nwg/networks_accuracy.png").stat().st_size > 5_000
+    assert (project / "data/test/06_models/d2nwg/networks_generator.safetensors").exists()
     for zoo in ("zoo_d2nwg_backbones", "zoo_d2nwg_heads", "zoo_d2nwg_networks"):
-        assert Zoo.load(project / "data/03_primary" / zoo).verify() == ([], [])
+        assert Zoo.load(project / "data/test/03_primary" / zoo).verify() == ([], [])
     # Golden metrics of --env test (CPU, deterministic): every untimed number within a
     # tolerance that one flipped prediction of these tiny test sets cannot exceed.
     golden = json.loads((GOLDEN / "d2nwg" / "golden_metrics_test.json").read_text())
@@ -123,8 +123,8 @@ FUSION_KEYS = [
 
 
 def test_kedro_run_env_test_fusion(project):
-    _kedro(project, "run", "--env", "test", "--pipeline", "fusion")
-    out = project / "data/08_reporting/fusion"
+    _kedro(project, "run", "--env", "test", "--pipelines", "fusion")
+    out = project / "data/test/08_reporting/fusion"
     metrics = json.loads((out / "metrics.json").read_text())
     assert not [k for k in [*FUSION_KEYS, "fusion_seconds"] if k not in metrics]
     assert all(0.0 <= metrics[k] <= 1.0 for k in FUSION_KEYS)
@@ -140,13 +140,13 @@ def test_kedro_run_env_test_fusion(project):
     assert "Table 4" in tables and "Table 5" in tables
     for plot in ("accuracy_vs_k", "finetune_curves"):
         assert (out / f"{plot}.png").stat().st_size > 5_000
-    assert (project / "data/06_models/fusion/clafusion_pairs.safetensors").exists()
-    assert Zoo.load(project / "data/03_primary/zoo_fusion").verify() == ([], [])
+    assert (project / "data/test/06_models/fusion/clafusion_pairs.safetensors").exists()
+    assert Zoo.load(project / "data/test/03_primary/zoo_fusion").verify() == ([], [])
 
 
 def test_kedro_run_env_test_distill(project):
-    _kedro(project, "run", "--env", "test", "--pipeline", "distill")
-    out = project / "data/08_reporting/distill"
+    _kedro(project, "run", "--env", "test", "--pipelines", "distill")
+    out = project / "data/test/08_reporting/distill"
     metrics = json.loads((out / "metrics.json").read_text())
     methods = ["de", "single", "kd", "be", "latentbe", "latentbe_ods", "latentbe_confods",
                "latentbe_tdiv_sdiv"]  # fmt: skip
@@ -156,31 +156,31 @@ def test_kedro_run_env_test_distill(project):
     assert all(0.0 <= metrics[f"{m}_acc"] <= 1.0 for m in methods)
     assert "| KD + LatentBE |" in (out / "tables.md").read_text()
     assert (out / "reliability.png").stat().st_size > 5_000
-    assert (project / "data/06_models/distill/latentbe_students.safetensors").exists()
-    assert Zoo.load(project / "data/03_primary/zoo_distill").verify() == ([], [])
+    assert (project / "data/test/06_models/distill/latentbe_students.safetensors").exists()
+    assert Zoo.load(project / "data/test/03_primary/zoo_distill").verify() == ([], [])
 
 
 def test_kedro_run_env_test_weightformer(project):
-    _kedro(project, "run", "--env", "test", "--pipeline", "weightformer")
-    out = project / "data/08_reporting/weightformer"
+    _kedro(project, "run", "--env", "test", "--pipelines", "weightformer")
+    out = project / "data/test/08_reporting/weightformer"
     metrics = json.loads((out / "metrics.json").read_text())
     for m in ("single", "ensemble", "kd", "mlp", "wf", "wf_star"):
         assert 0.0 <= metrics[f"{m}_acc"] <= 1.0
     assert metrics["wf_seconds_per_student"] > 0
     assert (out / "teacher_number.png").stat().st_size > 5_000
-    assert (project / "data/06_models/weightformer/generators.safetensors").exists()
-    assert Zoo.load(project / "data/03_primary/zoo_weightformer").verify() == ([], [])
+    assert (project / "data/test/06_models/weightformer/generators.safetensors").exists()
+    assert Zoo.load(project / "data/test/03_primary/zoo_weightformer").verify() == ([], [])
 
 
 def test_kedro_run_env_test_superweights(project):
-    _kedro(project, "run", "--env", "test", "--pipeline", "superweights")
-    out = project / "data/08_reporting/superweights"
+    _kedro(project, "run", "--env", "test", "--pipelines", "superweights")
+    out = project / "data/test/08_reporting/superweights"
     metrics = json.loads((out / "metrics.json").read_text())
     for m in ("single", "de", "be", "swn_ho_q50", "swn_he_width_q50"):
         assert 0.0 <= metrics[f"{m}_acc"] <= 1.0
     for plot in ("anytime", "sensitivity", "interpolation", "clusters"):
         assert (out / f"{plot}.png").stat().st_size > 5_000
-    assert (project / "data/07_model_output/superweights/result.json").exists()
+    assert (project / "data/test/07_model_output/superweights/result.json").exists()
 
 
 def test_registry_lists_pipelines(project):

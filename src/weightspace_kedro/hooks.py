@@ -12,6 +12,7 @@ import torch
 from kedro.framework.hooks import hook_impl
 
 from weightspace.device import resolve_device
+from weightspace.errors import InvalidParameterError
 from weightspace_kedro.datasets.node_timings import record
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,19 @@ class WeightspaceHooks:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        """Seed Python, NumPy and torch from ``params:seed``; log the device in use."""
+        """Seed Python, NumPy and torch from ``params:seed``; set torch's CPU thread count
+        from ``params:threads`` (the same count gives the same numbers on a 2-core and a
+        16-core CPU: reductions split the same way); log the device in use."""
         seed = self._param(catalog, "seed", 0)
         device = resolve_device(self._param(catalog, "device", "auto"))
+        threads = self._param(catalog, "threads", None)
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise InvalidParameterError(
+                    f"threads (conf/<env>/parameters.yml) must be an integer >= 1 or null "
+                    f"(leave torch's default), got {threads!r}"
+                )
+            torch.set_num_threads(threads)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)

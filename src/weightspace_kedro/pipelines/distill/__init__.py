@@ -1,4 +1,4 @@
-"""Ensemble distillation: ``kedro run --pipeline=distill`` (KD, BatchEnsemble, LatentBE)."""
+"""Ensemble distillation: ``kedro run --pipelines=distill`` (KD, BatchEnsemble, LatentBE)."""
 
 from weightspace_kedro.pipelines.distill.pipeline import create_pipeline
 

@@ -1,4 +1,4 @@
-"""Ensemble distillation: ``kedro run --pipeline=distill``.
+"""Ensemble distillation: ``kedro run --pipelines=distill``.
 
 The ``zoo_distill`` zoo (M seeds of one small CNN, the zoo template) feeds the ``distill``
 namespace: typed settings -> teachers (the DE) -> KD students -> BatchEnsemble students

@@ -1,4 +1,4 @@
-"""SuperWeights: ``kedro run --pipeline=superweights``."""
+"""SuperWeights: ``kedro run --pipelines=superweights``."""
 
 from weightspace_kedro.pipelines.superweights.pipeline import create_pipeline
 

@@ -1,4 +1,4 @@
-"""SuperWeights: ``kedro run --pipeline=superweights``.
+"""SuperWeights: ``kedro run --pipelines=superweights``.
 
 ``superweights`` namespace: typed settings -> the dataset -> single model, deep ensembles,
 BatchEnsemble and SuperWeight ensembles (homogeneous and heterogeneous, three parameter

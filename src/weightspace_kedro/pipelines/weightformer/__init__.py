@@ -1,4 +1,4 @@
-"""WeightFormer: ``kedro run --pipeline=weightformer`` (meta-ensemble parameter learning)."""
+"""WeightFormer: ``kedro run --pipelines=weightformer`` (meta-ensemble parameter learning)."""
 
 from weightspace_kedro.pipelines.weightformer.pipeline import create_pipeline
 

@@ -1,4 +1,4 @@
-"""WeightFormer: ``kedro run --pipeline=weightformer``.
+"""WeightFormer: ``kedro run --pipelines=weightformer``.
 
 The ``zoo_weightformer`` zoo (72 checkpoints of one CNN: seeds x learning rates) feeds the
 ``weightformer`` namespace: typed settings -> split by checkpoint id (60 train / 12

@@ -1,6 +1,6 @@
 """The zoo pipeline as a template, instantiated once per zoo namespace.
 
-``zoo_pipeline("zoo")`` is the default zoo (``kedro run --pipeline=zoo``): parameters under
+``zoo_pipeline("zoo")`` is the default zoo (``kedro run --pipelines=zoo``): parameters under
 ``zoo:`` in ``parameters_zoo.yml``, datasets ``zoo.*`` (see ``catalog.yml``). Other
 pipelines instantiate their own zoos with another namespace (``zoo_heads``, ...).
 """
