@@ -1,6 +1,6 @@
 """DVC stages whose dependencies cannot drift from the code they run.
 
-Each stage runs ``kedro run --pipeline=<name>``; it must depend on the whole library
+Each stage runs ``kedro run --pipelines=<name>``; it must depend on the whole library
 (``src/weightspace``, so a change to any network, metric or kernel reruns it) and on every
 module of the Kedro glue that its pipeline imports, found by walking the imports.
 """
