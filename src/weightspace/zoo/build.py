@@ -46,12 +46,13 @@ from weightspace.zoo.folder import (
     METRIC_COLUMNS,
     ZooWriter,
     clean_stale_tmp,
+    member_row,
     prune_outside,
     recover_zoo,
     zoo_lock,
 )
 from weightspace.zoo.plan import ZooPlan, check_members, materialize_tasks, model_ids_of, plan_zoo
-from weightspace.zoo.spec import MemberSpec, canonical_json
+from weightspace.zoo.spec import MemberSpec
 from weightspace.zoo.tasks import TaskStack
 from weightspace.zoo.train import StackHParams, StackResult, train_stack
 from weightspace.zoo.zoo import INDEX_COLUMNS, Zoo, checkpoint_relpath
@@ -129,26 +130,8 @@ def _rows(
     stack_id = hashlib.sha256("".join(m.member_id for m in members).encode()).hexdigest()[:12]
     rows = []
     for i, (m, mid, epoch) in enumerate(zip(members, model_ids, epoch_of, strict=True)):
-        row = {
-            "model_id": mid,
-            "member_id": m.member_id,
-            "arch": m.arch,
-            "arch_config": canonical_json(dict(m.arch_config)),
-            "arch_key": arch.key,
-            "input_shape": canonical_json(list(arch.input_shape)),
-            "n_classes": arch.n_classes,
-            "dataset": m.task.dataset,
-            "task": m.task.name,
-            "task_spec": canonical_json(m.task.to_dict()),
-            "seed": m.seed,
-            "data_seed": m.data_seed,
-            "hparams": canonical_json(m.train.to_dict()),
-            "lr": m.train.lr,
-            "weight_decay": m.train.weight_decay,
-            "init_scale": m.train.init_scale,
-            "epoch": int(epoch),
-            "epochs": m.train.epochs,
-            "is_final": int(epoch) == m.train.epochs,
+        row = member_row(m, mid, arch, epoch)
+        row |= {
             "n_params": n_params,
             "path": checkpoint_relpath(mid),
             "sha256": "",

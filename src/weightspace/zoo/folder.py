@@ -156,6 +156,47 @@ def clean_stale_tmp(root: str | os.PathLike) -> list[Path]:
 # ---- recovery -----------------------------------------------------------------------------
 
 
+def member_row(member: MemberSpec, model_id: str, arch: ArchSpec, epoch: int) -> dict:
+    """The index columns that describe a member's checkpoint (what, not how it scored).
+
+    Parameters
+    ----------
+    member : MemberSpec
+    model_id : str
+        Checkpoint id (``member_id``, or ``member_id-eNNN`` for a snapshot).
+    arch : ArchSpec
+        The member's architecture.
+    epoch : int
+        Epoch of the checkpoint.
+
+    Returns
+    -------
+    dict
+        ``model_id`` ... ``is_final`` of :data:`~weightspace.zoo.zoo.INDEX_COLUMNS`.
+    """
+    return {
+        "model_id": model_id,
+        "member_id": member.member_id,
+        "arch": member.arch,
+        "arch_config": canonical_json(dict(member.arch_config)),
+        "arch_key": arch.key,
+        "input_shape": canonical_json(list(arch.input_shape)),
+        "n_classes": arch.n_classes,
+        "dataset": member.task.dataset,
+        "task": member.task.name,
+        "task_spec": canonical_json(member.task.to_dict()),
+        "seed": member.seed,
+        "data_seed": member.data_seed,
+        "hparams": canonical_json(member.train.to_dict()),
+        "lr": member.train.lr,
+        "weight_decay": member.train.weight_decay,
+        "init_scale": member.train.init_scale,
+        "epoch": int(epoch),
+        "epochs": member.train.epochs,
+        "is_final": int(epoch) == member.train.epochs,
+    }
+
+
 def _row_from_checkpoint(path: Path, rel: str) -> dict:
     """Index row of a checkpoint file from its metadata (metrics are NaN: unknown).
 
@@ -183,33 +224,17 @@ def _row_from_checkpoint(path: Path, rel: str) -> dict:
             "it was copied under another model's name"
         )
     arch = ckpt.arch
-    row: dict = {
-        "model_id": model_id,
-        "member_id": member.member_id,
-        "arch": member.arch,
-        "arch_config": canonical_json(dict(member.arch_config)),
-        "arch_key": arch.key,
-        "input_shape": canonical_json(list(arch.input_shape)),
-        "n_classes": arch.n_classes,
-        "dataset": member.task.dataset,
-        "task": member.task.name,
-        "task_spec": canonical_json(member.task.to_dict()),
-        "seed": member.seed,
-        "data_seed": member.data_seed,
-        "hparams": canonical_json(member.train.to_dict()),
-        "lr": member.train.lr,
-        "weight_decay": member.train.weight_decay,
-        "init_scale": member.train.init_scale,
-        "epoch": epoch,
-        "epochs": member.train.epochs,
-        "is_final": epoch == member.train.epochs,
-        "n_params": sum(p.numel() for p in arch.build().parameters()),
-        "path": rel,
-        "sha256": sha256_file(path),
-        "library_version": meta.get("library_version", ""),
-        "stack_id": "",
-        "stack_seconds": math.nan,
-    }
+    row = member_row(member, model_id, arch, epoch)
+    row.update(
+        {
+            "n_params": sum(p.numel() for p in arch.build().parameters()),
+            "path": rel,
+            "sha256": sha256_file(path),
+            "library_version": meta.get("library_version", ""),
+            "stack_id": "",
+            "stack_seconds": math.nan,
+        }
+    )
     row.update({c: math.nan for c in METRIC_COLUMNS})
     return row
 
