@@ -4,16 +4,15 @@ An experiment made of many independent runs (a protocol's rows) writes each fini
 JSON result to ``<directory>/<fingerprint>/<run key>.json`` atomically
 (:func:`~weightspace.atomic.atomic_write_bytes`); a rerun with the same fingerprint reads
 them back instead of training again. The fingerprint hashes everything the results depend
-on (the protocol's settings, the data, and the source code of the ``weightspace``
-package): a changed setting, dataset or library starts a new folder and never reuses an
-old result. Old folders are left in
-place (nothing is deleted). A file that does not parse, or whose recorded key is not the
+on (:func:`weightspace.fingerprint.fingerprint`: the protocol's settings, the data, and
+the source code of the ``weightspace`` package): a changed setting, dataset or library
+starts a new folder and never reuses an old result. Old folders are left in place
+(nothing is deleted). A file that does not parse, or whose recorded key is not the
 one asked for, is ignored and the run is redone (logged).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -21,52 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from weightspace.atomic import atomic_write_bytes
+from weightspace.fingerprint import fingerprint, source_digest
 
 __all__ = ["RunJournal", "fingerprint", "source_digest"]
 
 logger = logging.getLogger(__name__)
-
-_FORMAT = 1
-
-
-@functools.cache
-def source_digest() -> str:
-    """sha256 of every ``.py`` file of the installed ``weightspace`` package (sorted paths)."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def fingerprint(settings: Mapping[str, Any], *tensors: torch.Tensor) -> str:
-    """A short hex hash of JSON-able ``settings``, the bytes of ``tensors`` and the
-    library's source (:func:`source_digest`).
-
-    Parameters
-    ----------
-    settings : mapping
-        JSON-able; keys are sorted, so the order of a dict does not matter.
-    *tensors : Tensor
-        Hashed with their dtype and shape (moved to the CPU, made contiguous).
-
-    Returns
-    -------
-    str
-        The first 16 hex digits of a sha256.
-    """
-    h = hashlib.sha256()
-    head = {"format": _FORMAT, "source": source_digest(), **settings}
-    h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for t in tensors:
-        c = t.detach().to("cpu").contiguous()
-        h.update(f"{c.dtype}{tuple(c.shape)}".encode())
-        h.update((c.float() if c.dtype == torch.bfloat16 else c).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class RunJournal:

@@ -23,8 +23,6 @@ ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import io
 import json
 import logging
@@ -39,6 +37,7 @@ import torch
 
 from weightspace.atomic import atomic_write_bytes, sha256_bytes
 from weightspace.errors import InvalidParameterError
+from weightspace.fingerprint import fingerprint
 
 __all__ = [
     "CheckpointPolicy",
@@ -58,32 +57,12 @@ logger = logging.getLogger(__name__)
 _FORMAT = 1
 
 
-@functools.cache
-def _source_digest() -> str:
-    """sha256 of the generator package's ``.py`` files (the models and training loops).
-
-    Another training code means another run; edits elsewhere in the library (which do
-    not change how a generator trains) keep the checkpoints valid.
-    """
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def training_fingerprint(settings: Mapping[str, Any], *tensors: torch.Tensor) -> str:
-    """16 hex digits of a sha256 over JSON-able ``settings``, ``tensors`` (dtype, shape,
-    bytes) and the generator package's source: what a training stage's result depends on."""
-    h = hashlib.sha256()
-    head = {"format": _FORMAT, "source": _source_digest(), **settings}
-    h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for t in tensors:
-        c = t.detach().to("cpu").contiguous()
-        h.update(f"{c.dtype}{tuple(c.shape)}".encode())
-        h.update((c.float() if c.dtype == torch.bfloat16 else c).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """16 hex digits over JSON-able ``settings``, ``tensors`` (dtype, shape, bytes) and the
+    generator package's source (:func:`weightspace.fingerprint.fingerprint`): what a
+    training stage's result depends on. Edits elsewhere in the library, which do not
+    change how a generator trains, keep the checkpoints valid."""
+    return fingerprint(settings, *tensors, source=Path(__file__).resolve().parent)
 
 
 @dataclass(frozen=True)
