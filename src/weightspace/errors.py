@@ -64,3 +64,31 @@ class UnsupportedLayerError(WeightspaceError, TypeError):
 
 class ArchitectureMismatchError(WeightspaceError, ValueError):
     """Models that must share an architecture family, input or output size do not."""
+
+
+class TransportNotConvergedError(WeightspaceError, RuntimeError):
+    """The exact OT solver stopped at its iteration limit: its plan is not optimal."""
+
+
+class NonFiniteCheckpointError(NonFiniteWeightsError, CorruptCheckpointError):
+    """A saved checkpoint holds NaN or inf.
+
+    Both a :class:`NonFiniteWeightsError` and a :class:`CorruptCheckpointError`, so that
+    ``zoo.run.on_corrupt: retrain`` retrains its member like any other damaged checkpoint.
+    """
+
+
+class ZooLockedError(WeightspaceError, RuntimeError):
+    """Another process is writing the same zoo folder."""
+
+
+class ZooFolderNotWritableError(WeightspaceError, PermissionError):
+    """The zoo folder cannot be written by this process."""
+
+
+class DatasetFormatError(DatasetNotFoundError):
+    """A dataset file is present but is not a readable file in the official format."""
+
+
+class UnsafeDatasetFileError(DatasetFormatError):
+    """A dataset pickle references a global that no official dataset file contains."""

@@ -43,7 +43,12 @@ import torch
 
 from weightspace.data.base import Split, SplitDataset
 from weightspace.data.splitting import check_fraction, stratified_split
-from weightspace.errors import DatasetNotFoundError, UnknownDatasetError
+from weightspace.errors import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+    UnsafeDatasetFileError,
+)
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -51,14 +56,6 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
 logger = logging.getLogger(__name__)
-
-
-class DatasetFormatError(DatasetNotFoundError):
-    """A dataset file is present but is not a readable file in the official format."""
-
-
-class UnsafeDatasetFileError(DatasetFormatError):
-    """A dataset pickle references a global that no official dataset file contains."""
 
 
 # --- restricted unpickling of CIFAR batches -------------------------------------------

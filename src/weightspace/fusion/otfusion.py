@@ -39,7 +39,11 @@ import torch
 from torch import nn
 
 from weightspace.device import module_device
-from weightspace.errors import ArchitectureMismatchError, InvalidParameterError, WeightspaceError
+from weightspace.errors import (
+    ArchitectureMismatchError,
+    InvalidParameterError,
+    TransportNotConvergedError,
+)
 from weightspace.fusion.activations import capture, neuron_matrix
 from weightspace.fusion.inputs import check_fusion_inputs
 from weightspace.fusion.structure import OUTPUT, NeuronLayer, Structure, check_compatible
@@ -57,10 +61,6 @@ default of 100,000 stops long before that (with only a warning)."""
 _C_INT_MAX = 2**31 - 1
 
 log = logging.getLogger(__name__)
-
-
-class TransportNotConvergedError(WeightspaceError, RuntimeError):
-    """The exact OT solver stopped at its iteration limit: its plan is not optimal."""
 
 
 _BN_VECTORS = ("weight", "bias", "running_mean", "running_var")

@@ -33,20 +33,12 @@ from weightspace.atomic import atomic_write_bytes, sha256_bytes
 from weightspace.errors import (
     CheckpointMismatchError,
     CorruptCheckpointError,
-    NonFiniteWeightsError,
+    NonFiniteCheckpointError,
 )
 from weightspace.nets.registry import ArchSpec
 
 FORMAT = "weightspace-checkpoint/1"
 META_KEY = "weightspace"
-
-
-class NonFiniteCheckpointError(NonFiniteWeightsError, CorruptCheckpointError):
-    """A saved checkpoint holds NaN or inf.
-
-    Both a :class:`NonFiniteWeightsError` and a :class:`CorruptCheckpointError`, so that
-    ``zoo.run.on_corrupt: retrain`` retrains its member like any other damaged checkpoint.
-    """
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,12 @@ import pandas as pd
 import torch
 
 from weightspace.atomic import atomic_path, sha256_file
-from weightspace.errors import (
+from weightspace.errors import (  # noqa: F401 (re-exported)
     CorruptCheckpointError,
     NonFiniteWeightsError,
     WeightspaceError,
+    ZooFolderNotWritableError,
+    ZooLockedError,
 )
 from weightspace.nets.registry import ArchSpec
 from weightspace.zoo import checkpoint
@@ -61,14 +63,6 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 METRIC_COLUMNS = [c for c in INDEX_COLUMNS if c.endswith(("_accuracy", "_nll", "_ece"))]
-
-
-class ZooLockedError(WeightspaceError, RuntimeError):
-    """Another process is writing the same zoo folder."""
-
-
-class ZooFolderNotWritableError(WeightspaceError, PermissionError):
-    """The zoo folder cannot be written by this process."""
 
 
 # ---- lock ---------------------------------------------------------------------------------
