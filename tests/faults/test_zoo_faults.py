@@ -376,17 +376,26 @@ def test_stale_lock_of_a_killed_run_does_not_block(root, members, digits):
     assert report.n_reused == 8
 
 
-def _can_drop_privileges() -> str | None:
+def _can_drop_privileges(base: Path) -> str | None:
+    """None when user ``nobody`` can run this interpreter and import the project from
+    here (a fresh clone under a 0700 temporary folder cannot), else the reason."""
     if os.geteuid() != 0:
-        return "needs root to run the driver as user nobody (chmod does not stop root)"
+        return "not root: cannot run the driver as user nobody"
     if shutil.which("setpriv") is None:
         return "setpriv (util-linux) is not installed"
-    return None
+    probe = subprocess.run(
+        [*_AS_NOBODY, sys.executable, "-c", "import weightspace.zoo"],
+        env={**_env(), "HOME": str(base)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return None if probe.returncode == 0 else f"nobody cannot import the project: {probe.stderr}"
 
 
-@pytest.mark.skipif(_can_drop_privileges() is not None, reason=str(_can_drop_privileges()))
-def test_read_only_folder_gives_a_clear_error(saved, tmp_path, members):
-    # tmp_path lies under a root-only folder; nobody needs a world-readable one.
+_AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_read_only_folder_gives_a_clear_error(saved, tmp_path, members, monkeypatch):
+    """As user ``nobody`` where that user can run the project; otherwise (root, whom chmod
+    does not stop, in a folder nobody may not enter) with the probe write failing EACCES."""
     base = Path(tempfile.mkdtemp(prefix="zoo-ro-"))
     try:
         base.chmod(0o755)
@@ -396,14 +405,26 @@ def test_read_only_folder_gives_a_clear_error(saved, tmp_path, members):
         for p in [root, *root.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)  # readable by nobody, writable by root
         before = _hashes(root)
-        cmd = _driver(base, root)
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-        env = {**_env(), "HOME": str(base)}
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        assert done.returncode == 3, done.stderr
-        assert result["error"] == ZooFolderNotWritableError.__name__
-        assert str(root) in result["message"] and "not writable" in result["message"]
+        if _can_drop_privileges(base) is None:
+            cmd = [*_AS_NOBODY, *_driver(base, root)]
+            env = {**_env(), "HOME": str(base)}
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 3, done.stderr
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            assert result["error"] == ZooFolderNotWritableError.__name__
+            message = result["message"]
+        else:
+            from weightspace.zoo import folder
+
+            def denied(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+
+            with monkeypatch.context() as mp:
+                mp.setattr(folder.tempfile, "mkstemp", denied)
+                with pytest.raises(ZooFolderNotWritableError) as err:
+                    train_zoo(members, {"digits": load_dataset("digits")}, options=CPU, root=root)
+            message = str(err.value)
+        assert str(root) in message and "not writable" in message
         assert _hashes(root) == before  # nothing lost
         _, report = train_zoo(members, {"digits": load_dataset("digits")}, options=CPU, root=root)
         assert report.n_reused == 8  # as a user who may write, it completes
