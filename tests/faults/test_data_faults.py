@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from py2_pickle import Py2Pickler, Py2Str, py2_str
 from weightspace.data import load_torchvision_dataset
 from weightspace.data.torchvision_sets import (
     DatasetFormatError,
@@ -33,42 +34,20 @@ from weightspace.zoo import checkpoint
 # --- writers --------------------------------------------------------------------------
 
 
-class _Py2Str(bytes):
-    """A Python 2 ``str``: pickled as (SHORT_)BINSTRING, read back as str with latin1."""
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Protocol-2 pickler writing bytes as Python 2 did (no ``_codecs.encode`` global)."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj):
-        data = bytes(obj)
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
-
-    dispatch[_Py2Str] = _save_py2_str
-    dispatch[bytes] = _save_py2_str  # ndarray payloads too, exactly like the official files
-
-
-def _s(text: str) -> _Py2Str:
-    return _Py2Str(text.encode("latin1"))
+_s = py2_str
 
 
 def _dump(path: Path, obj, py2: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
         if py2:
-            _Py2Pickler(handle, protocol=2).dump(obj)
+            Py2Pickler(handle, protocol=2).dump(obj)
         else:  # as Python 3 writes it: str keys, bytes via _codecs.encode
             pickle.dump(_py3(obj), handle, protocol=2)
 
 
 def _py3(obj):
-    if isinstance(obj, _Py2Str):
+    if isinstance(obj, Py2Str):
         return obj.decode("latin1")
     if isinstance(obj, dict):
         return {_py3(k): _py3(v) for k, v in obj.items()}

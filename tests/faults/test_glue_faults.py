@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import math
 import os
 import shutil
 import subprocess
@@ -191,7 +190,6 @@ def test_the_unsafe_load_scan_can_fail(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import pickle, torch\npickle.load(f)\ntorch.load(p)\n")
     assert len(_unsafe_loads(probe)) == 2
-    assert math.isfinite(1.0)
 
 
 # ---------------------------------------------------------------- environments

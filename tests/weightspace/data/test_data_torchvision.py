@@ -1,7 +1,6 @@
 """torchvision datasets read from tiny files written in the official formats."""
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from py2_pickle import py2_dump, py2_str
 from weightspace.data import dataset_card, expected_files, load_dataset, load_torchvision_dataset
 from weightspace.data.torchvision_sets import RestrictedUnpickler
 from weightspace.errors import DatasetNotFoundError, UnknownDatasetError
@@ -39,38 +39,11 @@ def _write_mnist_style(root: Path, folder: str, seed: int) -> dict[str, np.ndarr
     return arrays
 
 
-class _Py2Str(bytes):
-    """A Python 2 ``str``, as in the official CIFAR pickles (written by Python 2)."""
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Protocol-2 pickler that writes _Py2Str as (SHORT_)BINSTRING, like Python 2 did.
-
-    Read back with ``encoding="latin1"`` (torchvision) these are ``str``; with
-    ``encoding="bytes"`` (the CIFAR web page's recipe) they are ``bytes``: b"data".
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj):
-        data = bytes(obj)
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
-
-    dispatch[_Py2Str] = _save_py2_str
-
-
 def _py2_pickle(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        _Py2Pickler(handle, protocol=2).dump(obj)
+    py2_dump(path, obj)
 
 
-def _s(text: str) -> _Py2Str:
-    return _Py2Str(text.encode("latin1"))
+_s = py2_str
 
 
 def _cifar_batch(rng, n: int, label_keys: dict[str, np.ndarray], name: str) -> dict:
