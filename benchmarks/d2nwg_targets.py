@@ -1,20 +1,17 @@
 """D2NWG against the issue's targets: runs the pipeline (or reads its last metrics).
 
     python benchmarks/d2nwg_targets.py                 # kedro run --pipelines=d2nwg, then the table
-    python benchmarks/d2nwg_targets.py --env gpu       # on the GPU box
+    python benchmarks/d2nwg_targets.py --env gpu --tag _h200  # on the GPU box
     python benchmarks/d2nwg_targets.py --no-run        # only read data/08_reporting/d2nwg
 
 Prints one row per target (measured figure, target, pass/miss) and writes
-``benchmarks/results/d2nwg_<env>.json``. Nothing is tuned here: the figures are the
-pipeline's own metrics.
+``benchmarks/results/d2nwg_<env><tag>.json`` (device, commit, targets, metrics). Nothing
+is tuned here: the figures are the pipeline's own metrics.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from pipeline_targets import ROOT, pipeline_metrics, print_targets
+from pipeline_targets import main
 
 
 def targets(m: dict) -> list[tuple[str, float, str, bool]]:
@@ -45,20 +42,5 @@ def targets(m: dict) -> list[tuple[str, float, str, bool]]:
     ]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="base")
-    parser.add_argument("--no-run", action="store_true")
-    args = parser.parse_args()
-    metrics = pipeline_metrics("d2nwg", args.env, run=not args.no_run)
-    rows = targets(metrics)
-    print_targets(rows)
-    out = ROOT / "benchmarks" / "results" / f"d2nwg_{args.env}.json"
-    out.write_text(json.dumps({"metrics": metrics, "targets": [
-        {"target": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows
-    ]}, indent=2) + "\n")  # fmt: skip
-    print(f"wrote {out}")
-
-
 if __name__ == "__main__":
-    main()
+    main("d2nwg", __doc__, targets, copies=())

@@ -9,19 +9,19 @@
 2. Reads ``data/08_reporting/fusion/metrics.json`` (every experiment) and prints one row
    per target: measured figure, target, met or missed.
 
-Writes ``benchmarks/results/fusion_<env>.json``. Nothing is tuned here.
+Writes ``benchmarks/results/fusion_<env><tag>.json`` with copies of ``tables.md`` and
+``accuracy_vs_k.png``. Nothing is tuned here.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 
-from pipeline_targets import ROOT, pipeline_metrics, print_targets
+from pipeline_targets import pipeline_metrics, print_targets, write_results
 from weightspace.fusion import OTFusionConfig, otfusion
 from weightspace.nets.registry import build_model
 
@@ -45,15 +45,20 @@ def time_ot_512(repeats: int = 5) -> dict[str, float]:
 
 
 def targets(exp: str, m: dict) -> list[tuple[str, float, str, bool]]:
-    """(name, measured, target text, met) rows of one experiment."""
-    best_parent = max(m["parent_a_finetuned_acc"], m["parent_b_finetuned_acc"])
+    """(name, measured, target text, met) rows of one experiment. Fine-tuned CLAFusion is
+    compared with the better fine-tuned parent of each pair (the mean of the per-pair
+    differences, and whether its 95% t-interval lies above 0: beyond the spread)."""
+    n = int(m.get("n_pairs", 0))
+    diff, low = m["ft_clafusion_vs_best_parent_mean"], m["ft_clafusion_vs_best_parent_ci_low"]
     bound = "" if m.get("fusion_cost_reached", 1.0) else ">= "
     return [
         (f"{exp}: one-shot OTFusion - vanilla avg (same depth)",
          m["otfusion_acc"] - m["vanilla_avg_acc"], "far above 0 (> 0.3)",
          m["otfusion_acc"] - m["vanilla_avg_acc"] > 0.3),
-        (f"{exp}: CLAFusion+FT - best FT parent", m["clafusion_finetuned_acc"] - best_parent,
-         ">= 0", m["clafusion_finetuned_acc"] >= best_parent),
+        (f"{exp}: CLAFusion+FT - best FT parent of the pair, mean of {n}", diff, ">= 0",
+         diff >= 0),
+        (f"{exp}: same, lower end of the 95% interval", low, "> 0 (beyond the spread)",
+         low > 0),
         (f"{exp}: training to fused acc / fusion time ({bound}ratio)", m["fusion_cost_ratio"],
          ">= 50x", m["fusion_cost_ratio"] >= 50),
     ]  # fmt: skip
@@ -63,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="base")
     parser.add_argument("--no-run", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. _h200")
     args = parser.parse_args()
     timing = time_ot_512()
     metrics = pipeline_metrics("fusion", args.env, run=not args.no_run)
@@ -77,21 +83,8 @@ def main() -> None:
         m = {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith(exp + ".")}
         rows += targets(exp, m)
     print_targets(rows)
-    out = ROOT / "benchmarks/results" / f"fusion_{args.env}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-                "timing": timing,
-                "targets": [
-                    {"name": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows
-                ],
-                "metrics": metrics,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out.relative_to(ROOT)}")
+    copies = ("tables.md", "accuracy_vs_k.png")
+    write_results("fusion", args.env, args.tag, rows, metrics, copies, {"timing": timing})
 
 
 if __name__ == "__main__":

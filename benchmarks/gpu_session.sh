@@ -5,6 +5,8 @@
 # Usage there: bash benchmarks/gpu_session.sh     (with .whl carried; see fetch-wheels.sh)
 # Switches: CHECKS=0 skips checks + throughput, SKIP_KEDRO=1 skips the GPU zoo,
 # D2NWG=1 / FUSION=1 / DISTILL=1 / WF=1 / SW=1 add those pipelines' target runs (--env gpu).
+# The box has no .git: pass WEIGHTSPACE_COMMIT=<sha of a clean checkout> so the result
+# files name the code they came from (benchmarks/pipeline_targets.py: code_version).
 set -euo pipefail
 OUT=${OUT:-benchmarks/results}
 DATA=data/gpu  # where --env gpu writes (conf/gpu/globals.yml)
@@ -27,17 +29,17 @@ if [ "${SKIP_KEDRO:-0}" != 1 ]; then
   cp "$DATA"/08_reporting/zoo/accuracy.png "$OUT/gpu_zoo_accuracy.png"
 fi
 if [ "${D2NWG:-0}" = 1 ]; then
-  time python3 benchmarks/d2nwg_targets.py --env gpu 2>&1 | grep -vE "step/s\]|^\s+$" | tail -60
-  cp benchmarks/results/d2nwg_gpu.json "$OUT/" 2>/dev/null || true
+  time python3 benchmarks/d2nwg_targets.py --env gpu --tag "${TAG:-}" 2>&1 \
+    | grep -vE "step/s\]|^\s+$" | tail -60
+  cp benchmarks/results/d2nwg_gpu* "$OUT/" 2>/dev/null || true
   for f in accuracy_hist finetune_curves latents; do
     cp "$DATA/08_reporting/d2nwg/$f.png" "$OUT/d2nwg_gpu_$f.png" 2>/dev/null || true
   done
 fi
 if [ "${FUSION:-0}" = 1 ]; then
-  time python3 benchmarks/fusion_targets.py --env gpu 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
-  cp benchmarks/results/fusion_gpu.json "$OUT/" 2>/dev/null || true
-  cp "$DATA"/08_reporting/fusion/tables.md "$OUT/fusion_gpu_tables.md" 2>/dev/null || true
-  cp "$DATA"/08_reporting/fusion/accuracy_vs_k.png "$OUT/fusion_gpu_accuracy_vs_k.png" 2>/dev/null || true
+  time python3 benchmarks/fusion_targets.py --env gpu --tag "${TAG:-}" 2>&1 \
+    | grep -vE "step/s\]|^\s+$" | tail -40
+  cp benchmarks/results/fusion_gpu* "$OUT/" 2>/dev/null || true
 fi
 if [ "${DISTILL:-0}" = 1 ]; then
   time python3 benchmarks/distill_targets.py --env gpu --tag "${TAG:-}" 2>&1 \

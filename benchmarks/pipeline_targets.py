@@ -40,12 +40,39 @@ def print_targets(rows: list[Row]) -> None:
         print(f"{name:<{width}}  {value:>10.4f}  {goal:<22} {'met' if met else 'MISSED'}")
 
 
+def code_version() -> dict:
+    """The commit the results come from: ``{"commit": sha, "dirty": bool}`` (tracked files
+    changed since that commit); outside a git checkout (the GPU box gets a copy without
+    ``.git``) the environment's ``WEIGHTSPACE_COMMIT`` names a clean commit, else
+    ``{"commit": None}``."""
+    if os.environ.get("WEIGHTSPACE_COMMIT"):
+        return {"commit": os.environ["WEIGHTSPACE_COMMIT"], "dirty": False}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        sha, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None}
+    return {"commit": sha, "dirty": bool(dirty)}
+
+
 def write_results(
-    pipeline: str, env: str, tag: str, rows: list[Row], metrics: dict, copies: Sequence[str]
+    pipeline: str,
+    env: str,
+    tag: str,
+    rows: list[Row],
+    metrics: dict,
+    copies: Sequence[str],
+    extra: dict | None = None,
 ) -> Path:
-    """``benchmarks/results/<pipeline>_<env><tag>.json`` (device, targets, metrics) and
-    copies of the report files ``copies`` (names under ``data/08_reporting/<pipeline>``)
-    as ``<pipeline>_<env><tag>_<name>``; returns the JSON path."""
+    """``benchmarks/results/<pipeline>_<env><tag>.json`` (device, the commit of the code,
+    targets, metrics, and ``extra`` blocks such as timings) and copies of the report files
+    ``copies`` (names under ``data/08_reporting/<pipeline>``) as
+    ``<pipeline>_<env><tag>_<name>``; returns the JSON path."""
     import torch
 
     name = f"{pipeline}_{env}{tag}"
@@ -53,6 +80,8 @@ def write_results(
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result = {
         "device": device,
+        **code_version(),
+        **(extra or {}),
         "targets": [{"name": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
         "metrics": metrics,
     }

@@ -334,6 +334,7 @@ def finetune_comparison(
         best_test_acc={n: float(runs[n].best_test_accuracy.mean()) for n in FINETUNE_INITS},
         k_best_test_acc=k_acc,
         curves={n: tuple(runs[n].val_accuracy.mean(0).tolist()) for n in FINETUNE_INITS},
+        pair_test_acc={n: tuple(runs[n].best_test_accuracy.tolist()) for n in FINETUNE_INITS},
     )
 
 

@@ -8,7 +8,7 @@ torch models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,16 +59,22 @@ class OneShotScores:
         """Mean over pairs of the :class:`PairScores` field ``name``."""
         return float(np.mean([getattr(p, name) for p in self.pairs]))
 
+    def values(self, name: str) -> list[float]:
+        """The :class:`PairScores` field ``name`` of every pair, in pair order."""
+        return [float(getattr(p, name)) for p in self.pairs]
+
 
 @dataclass(frozen=True)
 class FinetuneScores:
     """Test accuracy at the best validation epoch (mean over pairs) per initialisation
-    (:data:`FINETUNE_INITS`), per K (K = 2: the first pair), and the mean validation
-    curves (epoch 0 first)."""
+    (:data:`FINETUNE_INITS`), per K (K = 2: the first pair), the mean validation
+    curves (epoch 0 first), and per initialisation the accuracy of every pair (pair
+    order as :attr:`OneShotScores.pairs`; the spread and the paired comparisons)."""
 
     best_test_acc: dict[str, float]
     k_best_test_acc: dict[int, float]
     curves: dict[str, tuple[float, ...]]
+    pair_test_acc: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ and ``method`` in ``de``, ``single``, ``kd``, ``be``, ``latentbe``, ``be_<kind>`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure
 from weightspace.evaluation.distill_scores import METRICS, DistillScores, MethodScores
 from weightspace.reporting.markdown import markdown_table, seconds_table
 from weightspace.reporting.reliability import reliability_diagram
+from weightspace.reporting.spread import mean_std, pm_cell
 
 __all__ = ["assemble_report", "flat_metrics", "markdown_tables", "reliability_figure"]
 
@@ -43,19 +43,11 @@ LABELS: dict[str, str] = {
 """Row labels, in the paper's order."""
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
 def method_metrics(name: str, rows: Sequence[MethodScores]) -> dict[str, float]:
     """``<name>_<metric>`` and ``<name>_<metric>_std`` over seeds."""
     out: dict[str, float] = {}
     for metric in METRICS:
-        mean, std = _mean_std([getattr(r, metric) for r in rows])
+        mean, std = mean_std([getattr(r, metric) for r in rows])
         out[f"{name}_{metric}"] = mean
         out[f"{name}_{metric}_std"] = std
     return out
@@ -69,10 +61,10 @@ def flat_metrics(scores: DistillScores) -> dict[str, float]:
     for name, rows in scores.students.items():
         metrics.update(method_metrics(name, rows))
     for name, values in scores.agreement.items():
-        metrics[f"{name}_be_agreement"] = _mean_std(values)[0]
+        metrics[f"{name}_be_agreement"] = mean_std(values)[0]
     for form, rows in scores.merge_forms.items():
         for key in ("acc", "nll", "agreement"):
-            metrics[f"merge_{form}_{key}"] = _mean_std([r[key] for r in rows])[0]
+            metrics[f"merge_{form}_{key}"] = mean_std([r[key] for r in rows])[0]
     metrics.update(scores.diversity)
     for name, cost in scores.cost.items():
         metrics[f"{name}_params"] = cost["n_params"]
@@ -84,20 +76,12 @@ def flat_metrics(scores: DistillScores) -> dict[str, float]:
             / scores.cost["be"]["seconds_per_example"]
         )
     for method, seconds in scores.train_seconds.items():
-        metrics[f"{method}_train_seconds"] = _mean_std(seconds)[0]
+        metrics[f"{method}_train_seconds"] = mean_std(seconds)[0]
     if "be" in scores.train_seconds and "kd" in scores.train_seconds:
         metrics["be_train_vs_m_kd"] = metrics["be_train_seconds"] / (
             scores.m * metrics["kd_train_seconds"]
         )
     return metrics
-
-
-def _cell(metrics: Mapping[str, float], key: str, scale: float, digits: int) -> str:
-    if key not in metrics:
-        return "-"
-    text = f"{scale * metrics[key]:.{digits}f}"
-    std = metrics.get(f"{key}_std")
-    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
 def results_table(metrics: Mapping[str, float], names: Sequence[str], m: int) -> str:
@@ -106,8 +90,8 @@ def results_table(metrics: Mapping[str, float], names: Sequence[str], m: int) ->
     for name in names:
         if f"{name}_acc" not in metrics:
             continue
-        cells = [_cell(metrics, f"{name}_acc", 100.0, 2)]
-        cells += [_cell(metrics, f"{name}_{k}", 1.0, 3) for k in METRICS[1:]]
+        cells = [pm_cell(metrics, f"{name}_acc", 100.0, 2)]
+        cells += [pm_cell(metrics, f"{name}_{k}", 1.0, 3) for k in METRICS[1:]]
         rows.append([LABELS.get(name, name).format(m=m), *cells])
     return markdown_table(["Method", "ACC", "NLL", "ECE", "cNLL", "cECE", "Brier"], rows)
 

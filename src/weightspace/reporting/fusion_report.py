@@ -31,6 +31,7 @@ from weightspace.evaluation.fusion_scores import (
     TeacherStudentScores,
 )
 from weightspace.reporting.markdown import markdown_table, pct, seconds_table
+from weightspace.reporting.spread import PairedDifference, mean_std, paired_difference, pm_cell
 
 PAIR_METRICS = tuple(f.name for f in dataclasses.fields(PairScores) if f.name != "mapping")
 """One-shot keys: means over pairs of every numeric :class:`PairScores` field."""
@@ -62,10 +63,39 @@ KD_INITS = [
 ]
 
 
+PAIRED = "ft_clafusion_vs_best_parent"
+"""Key prefix of the paired comparison: per pair, fine-tuned CLAFusion minus the better of
+that pair's two fine-tuned parents (``_mean``, ``_std``, ``_ci_low``, ``_ci_high``,
+``_wins``; see :func:`weightspace.reporting.spread.paired_difference`)."""
+_PAIRED_KEYS = ("mean", "std", "ci_low", "ci_high", "wins")
+
+
 def table1(experiments: Mapping[str, Mapping[str, float]]) -> str:
-    """Table 1: parents, ensemble, one-shot fused, and fine-tuning from each init (%)."""
-    header = ["experiment"] + [c for _, c in TABLE1_COLUMNS]
-    rows = [[name] + [pct(m.get(k)) for k, _ in TABLE1_COLUMNS] for name, m in experiments.items()]
+    """Table 1: parents, ensemble, one-shot fused, and fine-tuning from each init (%),
+    mean ± std over pairs."""
+    header = ["experiment", "pairs"] + [c for _, c in TABLE1_COLUMNS]
+    rows = [
+        [name, str(int(m.get("n_pairs", 0)))] + [pm_cell(m, k) for k, _ in TABLE1_COLUMNS]
+        for name, m in experiments.items()
+    ]
+    return markdown_table(header, rows)
+
+
+def paired_table(experiments: Mapping[str, Mapping[str, float]]) -> str:
+    """Fine-tuned CLAFusion against the best fine-tuned parent of the same pair (points):
+    mean ± std of the per-pair difference, its 95% t-interval, pairs won, verdict."""
+    header = ["experiment", "pairs", "FT M_F - best FT parent (points)", "95% interval",
+              "pairs won", "verdict"]  # fmt: skip
+    rows = []
+    for name, m in experiments.items():
+        if f"{PAIRED}_mean" not in m:
+            continue
+        d = PairedDifference(int(m["n_pairs"]), *(m[f"{PAIRED}_{k}"] for k in _PAIRED_KEYS))
+        rows.append(
+            [name, str(d.n), f"{100 * d.mean:+.2f} ± {100 * d.std:.2f}",
+             f"[{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]", f"{int(d.wins)} / {d.n}",
+             d.verdict]
+        )  # fmt: skip
     return markdown_table(header, rows)
 
 
@@ -170,9 +200,22 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure
 def experiment_metrics(
     shot: OneShotScores, finetuned: FinetuneScores, cost: CostScores
 ) -> dict[str, float]:
-    """Flat metrics of one experiment: one shot, fine-tuning, cost (in that order)."""
-    metrics = {name: shot.mean(name) for name in PAIR_METRICS}
+    """Flat metrics of one experiment: one shot, fine-tuning (means, and ``_std`` over
+    pairs), the paired comparison (:data:`PAIRED`), cost (in that order)."""
+    metrics: dict[str, float] = {"n_pairs": float(len(shot.pairs))}
+    for name in PAIR_METRICS:
+        metrics[name] = shot.mean(name)
+        metrics[f"{name}_std"] = mean_std(shot.values(name))[1]
     metrics.update({f"{n}_finetuned_acc": v for n, v in finetuned.best_test_acc.items()})
+    for n, values in finetuned.pair_test_acc.items():
+        metrics[f"{n}_finetuned_acc_std"] = mean_std(values)[1]
+    pair = finetuned.pair_test_acc
+    if {"clafusion", "parent_a", "parent_b"} <= pair.keys():
+        best_parent = [max(a, b) for a, b in zip(pair["parent_a"], pair["parent_b"], strict=True)]
+        diff = paired_difference(pair["clafusion"], best_parent)
+        metrics.update(
+            {f"{PAIRED}_{k}": float(getattr(diff, k)) for k in _PAIRED_KEYS}
+        )  # fmt: skip
     metrics.update({f"k{k}_finetuned_acc": v for k, v in finetuned.k_best_test_acc.items()})
     metrics.update(
         {
@@ -233,7 +276,10 @@ def markdown_tables(
 ) -> str:
     """``tables.md``: Tables 1, 2, 4, 5, the same-depth baselines and stage times."""
     sections = [
-        ("## Table 1 (shape of CLAFusion Table 1): accuracy %, mean over pairs\n", table1(per_exp)),
+        ("## Table 1 (shape of CLAFusion Table 1): accuracy %, mean ± std over pairs\n",
+         table1(per_exp)),
+        ("## Fine-tuned CLAFusion vs the best fine-tuned parent of each pair\n",
+         paired_table(per_exp)),
         ("## Same-depth baselines and cost\n", baseline_table(per_exp)),
         ("## Table 2: K models alternating deep/shallow\n", table2(rows)),
         ("## Table 4: teacher-student fusion (student widths, teacher depth)\n", table4(kd)),

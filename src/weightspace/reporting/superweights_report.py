@@ -47,6 +47,7 @@ from matplotlib.ticker import NullFormatter
 
 from weightspace.errors import InvalidParameterError
 from weightspace.reporting.markdown import markdown_table, seconds_table
+from weightspace.reporting.spread import mean_std, pm_cell
 
 __all__ = [
     "anytime_figure",
@@ -77,14 +78,6 @@ def _safe(text: str) -> str:
 def _unsafe(token: str) -> str:
     """The display form of a :func:`_safe` number: ``m0p5 -> -0.5``, ``1em3 -> 1e-3``."""
     return token.replace("m", "-").replace("p", ".")
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var)
 
 
 def _finite(value: Any) -> bool:
@@ -134,7 +127,7 @@ def _row_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             values = [float(r[field]) for r in group if _finite(r.get(field))]
             if not values:
                 continue
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             out[f"{prefix}_{field}"] = mean
             if field in STATS:
                 out[f"{prefix}_{field}_std"] = std
@@ -188,15 +181,6 @@ def flat_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if _finite(v)}
 
 
-def _cell(metrics: Mapping[str, float], key: str, scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std`` (scaled), or ``-`` when the key is missing."""
-    if key not in metrics:
-        return "-"
-    text = f"{scale * metrics[key]:.{digits}f}"
-    std = metrics.get(f"{key}_std")
-    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
-
-
 def _params(metrics: Mapping[str, float], prefix: str) -> str:
     value = metrics.get(f"{prefix}_params")
     return "-" if value is None else f"{round(value):,}"
@@ -238,8 +222,8 @@ def table5(metrics: Mapping[str, float]) -> str:
     names += [("de", "Deep ensemble")]
     names += [(f"de_{k}", f"Deep ensemble ({_kind(k)})") for k in kinds if k != "ho"]
     rows = [
-        [label, _params(metrics, p), _cell(metrics, f"{p}_acc"),
-         _cell(metrics, f"{p}_nll", 1.0, 3), _cell(metrics, f"{p}_ece")]
+        [label, _params(metrics, p), pm_cell(metrics, f"{p}_acc"),
+         pm_cell(metrics, f"{p}_nll", 1.0, 3), pm_cell(metrics, f"{p}_ece")]
         for p, label in names if f"{p}_acc" in metrics
     ]  # fmt: skip
     return markdown_table(["Method", "Params", "ACC (%)", "NLL", "ECE (%)"], rows)
@@ -253,8 +237,8 @@ def table2(metrics: Mapping[str, float]) -> str:
     names += [("be", "BatchEnsemble")]
     names += [(f"swn_{k}_{b}", f"SWN-{_kind(k)} ({b})") for k in kinds for b in budgets]
     rows = [
-        [label, _params(metrics, p), _cell(metrics, f"{p}_acc"),
-         _cell(metrics, f"{p}_diversity", 1.0, 3), _cell(metrics, f"{p}_member_acc_mean")]
+        [label, _params(metrics, p), pm_cell(metrics, f"{p}_acc"),
+         pm_cell(metrics, f"{p}_diversity", 1.0, 3), pm_cell(metrics, f"{p}_member_acc_mean")]
         for p, label in names if f"{p}_acc" in metrics
     ]  # fmt: skip
     header = ["Method", "Params", "ACC (%)", "Diversity", "mean member ACC (%)"]
@@ -268,7 +252,7 @@ def table3(metrics: Mapping[str, float]) -> str:
     names += [(f"swn_{k}_{{b}}", f"SWN gradient clusters ({_kind(k)})") for k in kinds]
 
     def cell(prefix: str) -> str:
-        acc = _cell(metrics, f"{prefix}_acc")
+        acc = pm_cell(metrics, f"{prefix}_acc")
         return acc if acc == "-" else f"{acc} ({_params(metrics, prefix)})"
 
     rows = [
@@ -299,8 +283,8 @@ def sensitivity_table(metrics: Mapping[str, float]) -> str:
     names += [(p, f"β = {v:g}") for v, p in _sweep(metrics, "beta")]
     names += [("swn_not_shared", "coefficients not shared"), ("swn_shared", "fully shared")]
     rows = [
-        [label, _cell(metrics, f"{p}_acc"), _cell(metrics, f"{p}_nll", 1.0, 3),
-         _cell(metrics, f"{p}_ece")]
+        [label, pm_cell(metrics, f"{p}_acc"), pm_cell(metrics, f"{p}_nll", 1.0, 3),
+         pm_cell(metrics, f"{p}_ece")]
         for p, label in names if f"{p}_acc" in metrics
     ]  # fmt: skip
     return markdown_table(["setting", "ACC (%)", "NLL", "ECE (%)"], rows or [["-"] * 4])
@@ -314,8 +298,8 @@ def npas_table(metrics: Mapping[str, float]) -> str:
         npas, narrow = metrics.get(f"npas_{b}_acc"), metrics.get(f"narrow_{b}_acc")
         delta = "-" if narrow is None else f"{100 * (npas - narrow):+.2f}"
         rows.append(
-            [b, _params(metrics, f"npas_{b}"), _cell(metrics, f"npas_{b}_acc"),
-             _params(metrics, f"narrow_{b}"), _cell(metrics, f"narrow_{b}_acc"), delta]
+            [b, _params(metrics, f"npas_{b}"), pm_cell(metrics, f"npas_{b}_acc"),
+             _params(metrics, f"narrow_{b}"), pm_cell(metrics, f"narrow_{b}_acc"), delta]
         )  # fmt: skip
     header = ["budget", "NPAS params", "NPAS ACC (%)", "narrow params", "narrow ACC (%)", "Δ"]
     return markdown_table(header, rows or [["-"] * 6])

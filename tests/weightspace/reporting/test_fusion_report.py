@@ -47,6 +47,13 @@ FINETUNED = {
         best_test_acc=dict(zip(FINETUNE_INITS, (0.91, 0.83, 0.93, 0.84, 0.75), strict=True)),
         k_best_test_acc={2: 0.92, 4: 0.88},
         curves={name: (0.5, 0.7, 0.8) for name in FINETUNE_INITS},
+        pair_test_acc=dict(
+            zip(
+                FINETUNE_INITS,
+                ((0.9, 0.92), (0.8, 0.86), (0.93, 0.93), (0.84, 0.84), (0.75, 0.75)),
+                strict=True,
+            )
+        ),
     )
 }
 COSTS = {
@@ -91,7 +98,23 @@ def test_metrics_keys_and_values(report):
     assert metrics["ts.kd_fused_mean_acc"] == 0.87 and metrics["ts.n_params_teacher"] == 12345
     assert "mapping" not in metrics and "ts.mapping" not in metrics
     assert all(isinstance(v, float) for v in metrics.values())
-    assert len(metrics) == 22 + 22 + 4 + 16
+    assert len(metrics) == 44 + 44 + 4 + 16
+
+
+def test_spread_and_paired_comparison_by_hand(report):
+    metrics = report[0]
+    assert metrics["n_pairs"] == 2.0
+    assert metrics["clafusion_acc_std"] == pytest.approx(0.1 / 2**0.5)  # 0.7, 0.6
+    assert metrics["parent_b_finetuned_acc_std"] == pytest.approx(0.06 / 2**0.5)
+    assert metrics["clafusion_finetuned_acc_std"] == 0.0
+    # best fine-tuned parent per pair: 0.90, 0.92 -> differences 0.03, 0.01
+    assert metrics["ft_clafusion_vs_best_parent_mean"] == pytest.approx(0.02)
+    assert metrics["ft_clafusion_vs_best_parent_std"] == pytest.approx(0.02 / 2**0.5)
+    half = 12.706204736 * (0.02 / 2**0.5) / 2**0.5  # t(0.975, df=1) * s / sqrt(n)
+    assert metrics["ft_clafusion_vs_best_parent_ci_low"] == pytest.approx(0.02 - half)
+    assert metrics["ft_clafusion_vs_best_parent_ci_high"] == pytest.approx(0.02 + half)
+    assert metrics["ft_clafusion_vs_best_parent_wins"] == 2.0
+    assert "| mlp | 2 | +2.00 ± 1.41 | [-10.71, +14.71] | 2 / 2 | within the spread |" in report[1]
 
 
 def test_headline_and_details(report):

@@ -1,0 +1,217 @@
+"""Write the README's result tables from the benchmark results (never by hand).
+
+    python benchmarks/readme_tables.py                  # rewrite every block in README.md
+    python benchmarks/readme_tables.py fusion distill   # only these blocks
+    python benchmarks/readme_tables.py --print fusion   # print a block, edit nothing
+
+Each method's block sits between ``<!-- <method>:begin -->`` and ``<!-- <method>:end -->``
+in README.md and is made only from ``benchmarks/results/`` — the ``*.json`` written by
+``benchmarks/<method>_targets.py`` (device, commit of the code, targets, metrics) and the
+``*_tables.md`` copied there from the same pipeline run. Every block names the device and
+the commit of each run, so a figure from older code is visible as such.
+``tests/test_readme_tables.py`` fails when a block differs from what this script writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "src"))
+
+from weightspace.reporting.fusion_report import paired_table, table1  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Run:
+    """One result file: ``benchmarks/results/<stem>.json`` (+ ``<stem>_tables.md``)."""
+
+    stem: str
+    label: str = ""  # default: the device the JSON names
+
+    def load(self) -> dict:
+        return json.loads((RESULTS / f"{self.stem}.json").read_text())
+
+    def heading(self) -> str:
+        data = self.load()
+        device = data.get("device") or "device not recorded"
+        label = self.label or ("CPU, 2 cores" if device == "cpu" else device)
+        commit = data.get("commit")
+        code = "commit not recorded (older code)" if not commit else f"commit {commit[:7]}"
+        if data.get("dirty"):
+            code += " + uncommitted changes"
+        return f"**{label}** (`benchmarks/results/{self.stem}.json`, {code})"
+
+    def section(self, title: str) -> str:
+        """The markdown table under the ``## <title>...`` heading of ``<stem>_tables.md``."""
+        text = (RESULTS / f"{self.stem}_tables.md").read_text()
+        for part in text.split("\n## "):
+            head, _, body = part.removeprefix("## ").partition("\n")
+            if head.startswith(title):
+                lines = [line.rstrip() for line in body.strip().splitlines()]
+                return "\n".join(x for i, x in enumerate(lines) if x or lines[i - 1])
+        raise SystemExit(f"{self.stem}_tables.md has no section starting with {title!r}")
+
+
+def _name(target: dict) -> str:
+    return target.get("name") or target.get("target", "?")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 1 else (
+        f"{value:.2f}")  # fmt: skip
+
+
+def targets_table(runs: Sequence[Run]) -> str:
+    """One row per target (in the first run's order, then any others), one column per run."""
+    loaded = [r.load() for r in runs]
+    names: list[str] = []
+    for data in loaded:
+        names += [n for n in map(_name, data["targets"]) if n not in names]
+    heads = [r.heading().split("** (")[0].strip("*") for r in runs]
+    lines = ["| target | " + " | ".join(heads) + " |", "|---|" + "---|" * len(runs)]
+    for name in names:
+        cells = []
+        for data in loaded:
+            t = next((t for t in data["targets"] if _name(t) == name), None)
+            cells.append(
+                "-" if t is None else
+                f"{_number(t['measured'])} ({t['goal']}): {'met' if t['met'] else '**missed**'}"
+            )  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sections_block(runs: Sequence[Run], titles: Sequence[str]) -> str:
+    """Per run: its heading, then the named sections of its ``tables.md``; then targets."""
+    parts = []
+    for run in runs:
+        parts.append(run.heading() + (":" if titles else ""))
+        parts += [run.section(t) for t in titles]
+    parts.append("Targets:")
+    parts.append(targets_table(runs))
+    return "\n\n".join(parts)
+
+
+def fusion_block() -> str:
+    """Table 1 (mean ± std over parent pairs) and the paired comparison from each run's
+    metrics (the same functions as the pipeline's report), then the targets."""
+    runs = (Run("fusion_base"), Run("fusion_gpu_h100"))
+    parts = []
+    for run in runs:
+        metrics = run.load()["metrics"]
+        experiments = sorted({k.split(".")[0] for k in metrics if k.endswith(".clafusion_acc")})
+        per_exp = {
+            e: {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith(e + ".")}
+            for e in experiments
+        }
+        parts += [run.heading() + ":", table1(per_exp)]
+        if any("ft_clafusion_vs_best_parent_mean" in m for m in per_exp.values()):
+            parts.append(paired_table(per_exp))
+        else:
+            parts.append("(no per-pair spread recorded in this run)")
+    parts += ["Targets:", targets_table(runs)]
+    return "\n\n".join(parts)
+
+
+SW_KIND = {"ho": "SWN-HO", "he_width": "SWN-HE multi-width", "he_depth_width": "SWN-HE depth/width"}
+
+
+def _sw_rows() -> list[tuple[str, str]]:
+    """(label, metric prefix) of every SuperWeights table row."""
+    budgets, halves = ("q25", "q50", "q80"), ("q50", "q80")
+    rows = [("Single model", "single"), ("BatchEnsemble (4)", "be")]
+    rows += [(f"Deep ensemble, {k}", f"de_{k}") for k in SW_KIND]
+    rows += [(f"{name} ({b})", f"swn_{k}_{b}") for k, name in SW_KIND.items() for b in budgets]
+    rows += [(f"SWN-HO, one SuperWeight per layer ({b})", f"swn_one_sw_{b}") for b in halves]
+    pairs = (("NPAS: one net in a bank", "npas"), ("narrower net", "narrow"))
+    rows += [(f"{what} ({b} of one net)", f"{p}_{b}") for b in halves for what, p in pairs]
+    return rows
+
+
+def _sw_cell(m: dict, prefix: str) -> str:
+    if f"{prefix}_acc" not in m:
+        return "- | - | -"
+    acc, std = 100 * m[f"{prefix}_acc"], 100 * m.get(f"{prefix}_acc_std", 0.0)
+    nll, ece = m[f"{prefix}_nll"], 100 * m[f"{prefix}_ece"]
+    return f"{acc:.2f} ± {std:.2f} | {nll:.3f} / {ece:.1f} | {m[f'{prefix}_params']:,.0f}"
+
+
+def superweights_block() -> str:
+    """Table 5 / budgets / NPAS rows side by side for the CPU and GPU runs, then targets."""
+    runs = (Run("superweights_base"), Run("superweights_gpu_h200"))
+    loaded = [r.load() for r in runs]
+    heads = [r.heading().split("** (")[0].strip("*") for r in runs]
+    lines = [" ; ".join(r.heading() for r in runs), ""]
+    lines += [
+        "| method | " + " | ".join(f"{h}: ACC (%) | NLL / ECE (%) | params" for h in heads) + " |",
+        "|---|" + "---|---|---|" * len(runs),
+    ]
+    for label, prefix in _sw_rows():
+        cells = " | ".join(_sw_cell(d["metrics"], prefix) for d in loaded)
+        lines.append(f"| {label} | {cells} |")
+    return "\n".join(lines) + "\n\nTargets:\n\n" + targets_table(runs)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "d2nwg": lambda: sections_block((Run("d2nwg_base"), Run("d2nwg_gpu_h100")), []),
+    "fusion": fusion_block,
+    "distill": lambda: sections_block((Run("distill_base"), Run("distill_gpu_h200")), ["Results"]),
+    "weightformer": lambda: sections_block(
+        (Run("weightformer_base"), Run("weightformer_gpu_h200")), ["Table 1", "Table 4"]
+    ),
+    "superweights": superweights_block,
+}
+"""Every README block, by method: the function that writes it."""
+
+
+def markers(method: str) -> tuple[str, str]:
+    return f"<!-- {method}:begin -->", f"<!-- {method}:end -->"
+
+
+def blocks_in(readme: str, method: str) -> str:
+    """The text between a method's markers in ``readme`` (without the marker lines)."""
+    begin, end = markers(method)
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"README.md has no {begin} ... {end} block; add the two markers")
+    return readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def rewrite(readme: str, method: str, text: str) -> str:
+    """``readme`` with the block of ``method`` replaced by ``text``."""
+    blocks_in(readme, method)  # the markers exist
+    begin, end = markers(method)
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{text}\n{end}{tail}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("methods", nargs="*", help=f"any of {', '.join(BLOCKS)} (default: all)")
+    parser.add_argument("--print", action="store_true", help="print, do not edit README.md")
+    args = parser.parse_args()
+    unknown = [m for m in args.methods if m not in BLOCKS]
+    if unknown:
+        parser.error(f"no README block for {unknown}; blocks: {', '.join(BLOCKS)}")
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text()
+    for method in args.methods or list(BLOCKS):
+        text = BLOCKS[method]()
+        if args.print:
+            print(text)
+            continue
+        readme = rewrite(readme, method, text)
+        print(f"rewrote the {method} block of README.md")
+    if not args.print:
+        readme_path.write_text(readme)
+
+
+if __name__ == "__main__":
+    main()
