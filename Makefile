@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 # activating it
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint format repro viz bench clean-data tools
+.PHONY: run test lint format repro viz dag bench clean-data tools
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,12 @@ format: $(STAMP)
 repro: $(STAMP)  ## reproduce every DVC stage (cached)
 	$(BIN)/dvc repro
 
-viz: $(STAMP)  ## build the kedro-viz site into build/ (serve it over http to look)
+viz: $(STAMP)  ## build the kedro-viz site into build/ (serve: python -m http.server -d build)
 	$(BIN)/kedro viz build
+	$(BIN)/python benchmarks/dag_png.py --site build --complete-only
+
+dag: $(STAMP)  ## redraw docs/dag.png and docs/dag_<pipeline>.png from the current pipelines
+	$(BIN)/python benchmarks/dag_png.py
 
 bench: $(STAMP)  ## speed benchmarks: print tables, write benchmarks/results/*.json
 	$(BIN)/python benchmarks/zoo_throughput.py

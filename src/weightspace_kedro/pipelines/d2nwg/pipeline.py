@@ -12,6 +12,13 @@ instances, which show in kedro-viz as the same shape with different inputs:
     the zoo template's own grid).
 
 The ``d2nwg`` namespace merges both reports into ``data/08_reporting/d2nwg/metrics.json``.
+
+A scenario's zoos run between its own nodes (the heads scenario plans its zoos, then
+learns from them), so their nodes sit inside the scenario's namespace
+(``d2nwg_heads.zoo_d2nwg_heads.train_zoo``): each namespace stays one contiguous block of
+the DAG (Kedro warns about an interrupted namespace otherwise, and kedro-viz collapses a
+scenario, zoos included, into one box). Only node names carry the nesting: every dataset
+keeps its name (``zoo_d2nwg_heads.zoo_models``, ...), and so its catalog entry and files.
 """
 
 from __future__ import annotations
@@ -58,6 +65,20 @@ def d2nwg_pipeline(
     )
 
 
+def scenario_zoos(namespace: str, *zoos: Pipeline) -> Pipeline:
+    """The zoo template instances of one scenario, their nodes nested in ``namespace``.
+
+    Node names get the scenario prefix (``d2nwg_heads.zoo_d2nwg_heads.train_zoo``); dataset
+    and parameter names stay those of the zoo namespace (``zoo_d2nwg_heads.zoo_models``).
+    """
+    return Pipeline(
+        list(zoos),
+        namespace=namespace,
+        prefix_datasets_with_namespace=False,
+        tags=["d2nwg", namespace],
+    )
+
+
 def heads_pipeline() -> Pipeline:
     """Scenario (a): few-shot heads; its zoos are planned by the scenario."""
     bb, hz = "zoo_d2nwg_backbones", "zoo_d2nwg_heads"
@@ -88,8 +109,10 @@ def heads_pipeline() -> Pipeline:
         "d2nwg.plot_finetune_curves",
         "d2nwg.plot_latents",
     }
-    scenario = d2nwg_pipeline("d2nwg_heads", hz, prepare, evaluate, outputs)
-    return zoo_pipeline(bb, planned=True) + zoo_pipeline(hz, planned=True) + scenario
+    zoos = scenario_zoos(
+        "d2nwg_heads", zoo_pipeline(bb, planned=True), zoo_pipeline(hz, planned=True)
+    )
+    return zoos + d2nwg_pipeline("d2nwg_heads", hz, prepare, evaluate, outputs)
 
 
 def networks_pipeline() -> Pipeline:
@@ -109,7 +132,8 @@ def networks_pipeline() -> Pipeline:
              ["d2nwg.networks_metrics", "d2nwg.plot_networks_accuracy"], name="report_networks"),
     ]  # fmt: skip
     outputs = {"d2nwg.networks_metrics", "d2nwg.plot_networks_accuracy"}
-    return zoo_pipeline(nz) + d2nwg_pipeline("d2nwg_networks", nz, prepare, evaluate, outputs)
+    zoos = scenario_zoos("d2nwg_networks", zoo_pipeline(nz))
+    return zoos + d2nwg_pipeline("d2nwg_networks", nz, prepare, evaluate, outputs)
 
 
 def merge_reports(heads_metrics: dict, networks_metrics: dict) -> dict[str, float]:
@@ -125,7 +149,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 merge_reports,
                 ["d2nwg.heads_metrics", "d2nwg.networks_metrics"],
                 "d2nwg.metrics",
-                name="d2nwg.report_d2nwg",
+                name="report_d2nwg",
+                namespace="d2nwg",
             )
         ],
         tags=["d2nwg"],

@@ -71,4 +71,4 @@ def create_pipeline(**kwargs) -> Pipeline:
         parameters={"params:zoo_distill.grid"},
         prefix_datasets_with_namespace=True,
     )
-    return zoo_pipeline("zoo_distill") + namespaced
+    return Pipeline(zoo_pipeline("zoo_distill"), tags=["distill"]) + namespaced

@@ -59,4 +59,4 @@ def create_pipeline(**kwargs) -> Pipeline:
         parameters={"params:zoo_fusion.grid"},
         prefix_datasets_with_namespace=True,
     )
-    return zoo_pipeline("zoo_fusion") + namespaced
+    return Pipeline(zoo_pipeline("zoo_fusion"), tags=["fusion"]) + namespaced

@@ -49,4 +49,4 @@ def create_pipeline(**kwargs) -> Pipeline:
     namespaced = Pipeline(
         wf, namespace="weightformer", inputs=set(ZOO), prefix_datasets_with_namespace=True
     )
-    return zoo_pipeline("zoo_weightformer") + namespaced
+    return Pipeline(zoo_pipeline("zoo_weightformer"), tags=["weightformer"]) + namespaced
