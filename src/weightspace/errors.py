@@ -92,3 +92,15 @@ class DatasetFormatError(DatasetNotFoundError):
 
 class UnsafeDatasetFileError(DatasetFormatError):
     """A dataset pickle references a global that no official dataset file contains."""
+
+
+class MissingPipelineOutputError(WeightspaceError, FileNotFoundError):
+    """An output that another pipeline writes is absent; the message names the command
+    that writes it (e.g. ``kedro run --pipelines=distill``)."""
+
+
+class MetricsKeyError(WeightspaceError, KeyError):
+    """A pipeline's ``metrics.json`` lacks a key a reader relies on (the keys drifted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -1,4 +1,5 @@
-"""Project hooks: seed every generator, resolve ``device: auto`` once per run, time nodes."""
+"""Project hooks: seed every generator, resolve ``device: auto`` once per run, time nodes;
+check the report's inputs before a run and record each pipeline's provenance after it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from kedro.framework.hooks import hook_impl
 from weightspace.device import resolve_device
 from weightspace.errors import InvalidParameterError
 from weightspace_kedro.datasets.node_timings import record
+from weightspace_kedro.pipelines.report.inputs import check_report_inputs
+from weightspace_kedro.provenance import save_provenance
 
 log = logging.getLogger(__name__)
 
 
 class WeightspaceHooks:
-    """Seeding and device selection from the global ``parameters.yml``; node timing."""
+    """Seeding and device selection from the global ``parameters.yml``; node timing;
+    the report's input check and the provenance record."""
 
     def __init__(self) -> None:
         self._started: dict[str, float] = {}
@@ -47,7 +51,10 @@ class WeightspaceHooks:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         """Seed Python, NumPy and torch from ``params:seed``; set torch's CPU thread count
         from ``params:threads`` (the same count gives the same numbers on a 2-core and a
-        16-core CPU: reductions split the same way); log the device in use."""
+        16-core CPU: reductions split the same way); log the device in use. A run that
+        holds the report's nodes first checks that every method it compares has outputs
+        (:func:`~weightspace_kedro.pipelines.report.inputs.check_report_inputs`)."""
+        check_report_inputs(pipeline, catalog, run_params.get("env"))
         seed = self._param(catalog, "seed", 0)
         device = resolve_device(self._param(catalog, "device", "auto"))
         threads = self._param(catalog, "threads", None)
@@ -67,6 +74,14 @@ class WeightspaceHooks:
             device,
             torch.get_num_threads(),
         )
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], catalog: Any) -> None:
+        """Save ``<pipeline>.provenance`` (commit, config hash, versions) for each pipeline
+        the run asked for (see :mod:`weightspace_kedro.provenance`)."""
+        from kedro.framework.project import pipelines
+
+        save_provenance(run_params, catalog, pipelines)
 
     @staticmethod
     def _param(catalog: Any, name: str, default: Any) -> Any:
