@@ -188,3 +188,65 @@ def test_registry_lists_pipelines(project):
     names = ("zoo", "vectorize", "d2nwg", "fusion", "distill", "weightformer", "superweights")
     for name in (*names, "__default__"):
         assert f"- {name}" in out
+
+
+# ---- issue 14: the notebook tour, executed headless on the test environment -----------
+TOUR = Path(__file__).parents[1] / "notebooks" / "weightspace_tour.ipynb"
+TOUR_READS = ("zoo", "d2nwg", "fusion", "distill")
+"""Pipelines whose outputs the tour reads (besides the report's comparison table)."""
+
+
+def _run_missing(project: Path, pipelines: list[str]) -> None:
+    """Run every pipeline whose ``metrics.json`` is absent: none after the tests above,
+    all of them when this test runs alone (``pytest -k notebook``)."""
+    for name in pipelines:
+        if not (project / "data/test/08_reporting" / name / "metrics.json").exists():
+            _kedro(project, "run", "--env", "test", "--pipelines", name)
+
+
+def test_notebook_tour_executes(project, monkeypatch):
+    import re
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from weightspace.reporting.comparison import METHODS
+
+    # The report: every method side by side (the tour's last section reads its table).
+    _run_missing(project, list(dict.fromkeys([*TOUR_READS, *METHODS])))
+    _kedro(project, "run", "--env", "test", "--pipelines", "report")
+    out = project / "data/test/08_reporting/report"
+    table = (out / "comparison.md").read_text()
+    assert not [m for m in METHODS if f"| {m} |" not in table], table[:2000]
+    assert (out / "comparison.csv").stat().st_size > 0
+
+    # The project copy has no notebooks/ folder: the tour runs from its own folder there,
+    # as it would in a checkout (kedro.ipython finds the project above it).
+    folder = project / "notebooks"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(TOUR, folder / TOUR.name)
+    nb = nbformat.read(folder / TOUR.name, as_version=4)
+    monkeypatch.setenv("WEIGHTSPACE_ENV", "test")
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    )
+    client.execute()  # a failing cell raises CellExecutionError with its traceback
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "environment 'test'" in text
+    assert re.search(r"D2NWG sampled heads, unseen tasks: mean test accuracy [01]\.\d{3}", text)
+    assert re.search(r"fused accuracy: CLAFusion [01]\.\d{3} vs parents [01]\.\d{3}", text), text
+    assert re.search(r"KD: \d+ epochs in [\d.]+ s", text)
+
+    def images(cell) -> int:
+        return sum("image/png" in o.get("data", {}) for o in cell.outputs)
+
+    # zoo accuracies, sampled vs zoo heads, the KD curve, the comparison (last cell)
+    assert sum(images(c) for c in code) >= 4
+    last = code[-1]
+    assert "report.comparison_csv" in last.source and images(last) == 1
+    assert any("text/html" in o.get("data", {}) for o in last.outputs)  # the table
