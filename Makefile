@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 # activating it
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint format repro viz dag bench clean-data tools
+.PHONY: run test lint format repro repro-gpu viz dag bench clean-data tools
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,11 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-repro: $(STAMP)  ## reproduce every DVC stage (cached)
+repro: $(STAMP)  ## reproduce every DVC stage (cached) on the embedded default
 	$(BIN)/dvc repro
+
+repro-gpu: $(STAMP)  ## every DVC stage with conf/gpu, as a DVC experiment (on a CUDA box)
+	$(BIN)/dvc exp run -S kedro_env=gpu -S data_root=data/gpu
 
 viz: $(STAMP)  ## build the kedro-viz site into build/ (serve: python -m http.server -d build)
 	$(BIN)/kedro viz build
