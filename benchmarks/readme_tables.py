@@ -102,7 +102,7 @@ def sections_block(runs: Sequence[Run], titles: Sequence[str]) -> str:
 def fusion_block() -> str:
     """Table 1 (mean ± std over parent pairs) and the paired comparison from each run's
     metrics (the same functions as the pipeline's report), then the targets."""
-    runs = (Run("fusion_base"), Run("fusion_gpu_h100"))
+    runs = (Run("fusion_base"), Run("fusion_gpu_h200"))
     parts = []
     for run in runs:
         metrics = run.load()["metrics"]
@@ -159,8 +159,87 @@ def superweights_block() -> str:
     return "\n".join(lines) + "\n\nTargets:\n\n" + targets_table(runs)
 
 
+def zoo_block() -> str:
+    """Batched zoo training against the per-model loop (``benchmarks/zoo_throughput.py``),
+    one row per result file."""
+    lines = [
+        "| machine | batched | per-model loop | speedup | same accuracy (max diff) | results |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stem in ("zoo_throughput_cpu", "zoo_throughput_cuda_16k", "zoo_throughput_cuda_64k"):
+        d = json.loads((RESULTS / f"{stem}.json").read_text())
+        machine = (f"CPU, {d['cpu_threads']} threads" if d["device"] == "cpu"
+                   else d["device_name"])  # fmt: skip
+        lines.append(
+            f"| {machine}, {d['n_batched']:,} models | {d['batched_models_per_second']:,.1f} "
+            f"models/s = {d['batched_models_per_minute']:,.0f} models/min | "
+            f"{d['loop_models_per_second']:.2f} models/s ({d['n_loop']} models) | "
+            f"**{d['speedup']:,.1f}x** | {d['max_abs_test_accuracy_diff_batched_vs_loop']:.4f} "
+            f"| `{stem}.json` (torch {d['torch']}) |"
+        )
+    return "\n".join(lines)
+
+
+def report_block() -> str:
+    """The headline variant of every method from the last base run's comparison table."""
+    import csv
+
+    run = Run("report_base")
+    with open(RESULTS / "report_base_comparison.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["headline"] == "True"]
+
+    def num(value: str, fmt: str, scale: float = 1.0) -> str:
+        return "—" if value == "" else format(scale * float(value), fmt)
+
+    lines = [
+        run.heading(),
+        "",
+        "| method | variant | zoo · task | acc (%) | NLL | ECE | params | forward passes "
+        "| seconds to obtain | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['variant']} | {r['comparable_group']} | "
+            f"{num(r['accuracy'], '.2f', 100)} | {num(r['nll'], '.3f')} | "
+            f"{num(r['ece'], '.3f')} | {num(r['n_parameters'], ',.0f')} | "
+            f"{num(r['forward_passes_per_prediction'], '.0f')} | "
+            f"{num(r['seconds_to_obtain'], '.3g')} | {r['git_commit'][:7] or 'unknown'} |"
+        )
+    return "\n".join(lines)
+
+
+def reliability_block() -> str:
+    """Kill and rerun the base zoo (``benchmarks/zoo_kill_resume.py``): one row per kill."""
+    d = json.loads((RESULTS / "zoo_kill_resume.json").read_text())
+    ref = d["reference"]
+    n, stacks = ref["n_members"], ref["stack_sizes"]
+    lines = [
+        f"`benchmarks/results/zoo_kill_resume.json`: the base zoo, {n} members in "
+        f"{len(stacks)} stacks of at most {max(stacks)}, {ref['train_seconds']:.0f} s "
+        f"of training; worst rerun retrained **{d['headline_members_retrained_per_stack']:.2f} "
+        f"stack** (target {d['target']}: {'met' if d['ok'] else '**missed**'}).",
+        "",
+        "| kill | seconds into the run | members finished before | rerun reused | rerun "
+        "trained | retrained (lost) | lost / largest stack | .tmp left |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k in d["kill_points"]:
+        lines.append(
+            f"| {k['kill']} | {k['seconds_into_run']:.1f} | {k['members_finished_before_kill']} "
+            f"| {k['rerun_reused']} | {k['rerun_trained']} | {k['members_retrained']} | "
+            f"{k['retrained_per_stack']:.2f} | {k['tmp_files_left_by_kill']} |"
+        )
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
-    "d2nwg": lambda: sections_block((Run("d2nwg_base"), Run("d2nwg_gpu_h100")), []),
+    "reliability": reliability_block,
+    "report": report_block,
+    "zoo": zoo_block,
+    "d2nwg": lambda: sections_block(
+        (Run("d2nwg_base"), Run("d2nwg_gpu_h100", "NVIDIA H100 80GB HBM3")), []
+    ),
     "fusion": fusion_block,
     "distill": lambda: sections_block((Run("distill_base"), Run("distill_gpu_h200")), ["Results"]),
     "weightformer": lambda: sections_block(

@@ -205,7 +205,8 @@ def experiment_metrics(
     metrics: dict[str, float] = {"n_pairs": float(len(shot.pairs))}
     for name in PAIR_METRICS:
         metrics[name] = shot.mean(name)
-        metrics[f"{name}_std"] = mean_std(shot.values(name))[1]
+        if name.endswith("_acc"):  # the spread of accuracies (not of wall times)
+            metrics[f"{name}_std"] = mean_std(shot.values(name))[1]
     metrics.update({f"{n}_finetuned_acc": v for n, v in finetuned.best_test_acc.items()})
     for n, values in finetuned.pair_test_acc.items():
         metrics[f"{n}_finetuned_acc_std"] = mean_std(values)[1]

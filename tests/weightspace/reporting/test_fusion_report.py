@@ -98,7 +98,7 @@ def test_metrics_keys_and_values(report):
     assert metrics["ts.kd_fused_mean_acc"] == 0.87 and metrics["ts.n_params_teacher"] == 12345
     assert "mapping" not in metrics and "ts.mapping" not in metrics
     assert all(isinstance(v, float) for v in metrics.values())
-    assert len(metrics) == 44 + 44 + 4 + 16
+    assert len(metrics) == 42 + 42 + 4 + 16  # 11 pair keys, 9 of them accuracies (with _std)
 
 
 def test_spread_and_paired_comparison_by_hand(report):
