@@ -60,6 +60,28 @@ def code_version() -> dict:
     return {"commit": sha, "dirty": bool(dirty)}
 
 
+CODE_PATHS = ("src", "conf", "dvc.yaml", "params.yaml", "pyproject.toml", "requirements.lock")
+"""What decides a pipeline's outputs (README, benchmarks/ and tests do not)."""
+
+
+def run_version(pipeline: str, env: str) -> dict:
+    """The commit of the code that wrote the pipeline's outputs, from its
+    ``provenance.json`` (written by the project hook at the end of the run), else
+    :func:`code_version`. The hook calls a run dirty when any tracked file differed from
+    the commit; when the code (:data:`CODE_PATHS`) in the work tree still equals that
+    commit's, only other files (README, benchmarks) differed and the run counts as clean."""
+    path = data_root(env) / "08_reporting" / pipeline / "provenance.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    commit = record.get("git_commit")
+    if not commit:
+        return code_version()
+    dirty = bool(record.get("git_dirty"))
+    if dirty:
+        same = subprocess.run(["git", "diff", "--quiet", commit, "--", *CODE_PATHS], cwd=ROOT)
+        dirty = same.returncode != 0
+    return {"commit": commit, "dirty": dirty}
+
+
 def write_results(
     pipeline: str,
     env: str,
@@ -69,8 +91,9 @@ def write_results(
     copies: Sequence[str],
     extra: dict | None = None,
 ) -> Path:
-    """``benchmarks/results/<pipeline>_<env><tag>.json`` (device, the commit of the code,
-    targets, metrics, and ``extra`` blocks such as timings) and copies of the report files
+    """``benchmarks/results/<pipeline>_<env><tag>.json`` (device, the commit of the code
+    that wrote the outputs (:func:`run_version`), targets, metrics, ``extra`` blocks such
+    as timings) and copies of the report files
     ``copies`` (names under ``data/08_reporting/<pipeline>``) as
     ``<pipeline>_<env><tag>_<name>``; returns the JSON path."""
     import torch
@@ -80,7 +103,7 @@ def write_results(
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result = {
         "device": device,
-        **code_version(),
+        **run_version(pipeline, env),
         **(extra or {}),
         "targets": [{"name": n, "measured": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
         "metrics": metrics,

@@ -42,11 +42,7 @@ class Run:
         data = self.load()
         device = data.get("device") or "device not recorded"
         label = self.label or ("CPU, 2 cores" if device == "cpu" else device)
-        commit = data.get("commit")
-        code = "commit not recorded (older code)" if not commit else f"commit {commit[:7]}"
-        if data.get("dirty"):
-            code += " + uncommitted changes"
-        return f"**{label}** (`benchmarks/results/{self.stem}.json`, {code})"
+        return f"**{label}** (`benchmarks/results/{self.stem}.json`, {_commit(data)})"
 
     def section(self, title: str) -> str:
         """The markdown table under the ``## <title>...`` heading of ``<stem>_tables.md``."""
@@ -159,6 +155,13 @@ def superweights_block() -> str:
     return "\n".join(lines) + "\n\nTargets:\n\n" + targets_table(runs)
 
 
+def _commit(data: dict) -> str:
+    """``commit abc1234`` (``+ uncommitted changes``), or that none was recorded."""
+    commit = data.get("commit")
+    text = "commit not recorded (older code)" if not commit else f"commit {commit[:7]}"
+    return text + (" + uncommitted changes" if data.get("dirty") else "")
+
+
 def zoo_block() -> str:
     """Batched zoo training against the per-model loop (``benchmarks/zoo_throughput.py``),
     one row per result file."""
@@ -175,7 +178,7 @@ def zoo_block() -> str:
             f"models/s = {d['batched_models_per_minute']:,.0f} models/min | "
             f"{d['loop_models_per_second']:.2f} models/s ({d['n_loop']} models) | "
             f"**{d['speedup']:,.1f}x** | {d['max_abs_test_accuracy_diff_batched_vs_loop']:.4f} "
-            f"| `{stem}.json` (torch {d['torch']}) |"
+            f"| `{stem}.json` (torch {d['torch']}, {_commit(d)}) |"
         )
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline_targets import code_version
 from weightspace.data import load_dataset
 from weightspace.device import resolve_device
 from weightspace.nets import batched_forward, build_model
@@ -168,6 +169,7 @@ def main() -> None:
         else RESULTS / f"zoo_throughput_{record['device'].split(':')[0]}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
+    record.update(code_version())  # the commit this figure comes from
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
 
