@@ -40,11 +40,15 @@ def print_targets(rows: list[Row]) -> None:
         print(f"{name:<{width}}  {value:>10.4f}  {goal:<22} {'met' if met else 'MISSED'}")
 
 
+CODE_PATHS = ("src", "conf", "dvc.yaml", "params.yaml", "pyproject.toml", "requirements.lock")
+"""What decides a pipeline's outputs (README, benchmarks/ and tests do not)."""
+
+
 def code_version() -> dict:
-    """The commit the results come from: ``{"commit": sha, "dirty": bool}`` (tracked files
-    changed since that commit); outside a git checkout (the GPU box gets a copy without
-    ``.git``) the environment's ``WEIGHTSPACE_COMMIT`` names a clean commit, else
-    ``{"commit": None}``."""
+    """The commit the results come from: ``{"commit": sha, "dirty": bool}`` (tracked code,
+    :data:`CODE_PATHS` and ``benchmarks/``, changed since that commit); outside a git
+    checkout (the GPU box gets a copy without ``.git``) the environment's
+    ``WEIGHTSPACE_COMMIT`` names a clean commit, else ``{"commit": None}``."""
     if os.environ.get("WEIGHTSPACE_COMMIT"):
         return {"commit": os.environ["WEIGHTSPACE_COMMIT"], "dirty": False}
 
@@ -54,14 +58,13 @@ def code_version() -> dict:
         ).stdout.strip()
 
     try:
-        sha, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+        sha = git("rev-parse", "HEAD")
+        dirty = git(
+            "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS, "benchmarks"
+        )
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None}
     return {"commit": sha, "dirty": bool(dirty)}
-
-
-CODE_PATHS = ("src", "conf", "dvc.yaml", "params.yaml", "pyproject.toml", "requirements.lock")
-"""What decides a pipeline's outputs (README, benchmarks/ and tests do not)."""
 
 
 def run_version(pipeline: str, env: str) -> dict:
