@@ -46,7 +46,7 @@ CODE_PATHS = ("src", "conf", "dvc.yaml", "params.yaml", "pyproject.toml", "requi
 
 def code_version() -> dict:
     """The commit the results come from: ``{"commit": sha, "dirty": bool}`` (tracked code,
-    :data:`CODE_PATHS` and ``benchmarks/``, changed since that commit); outside a git
+    :data:`CODE_PATHS` and the benchmark scripts, changed since that commit); outside a git
     checkout (the GPU box gets a copy without ``.git``) the environment's
     ``WEIGHTSPACE_COMMIT`` names a clean commit, else ``{"commit": None}``."""
     if os.environ.get("WEIGHTSPACE_COMMIT"):
