@@ -141,7 +141,7 @@ def _sw_cell(m: dict, prefix: str) -> str:
 
 def superweights_block() -> str:
     """Table 5 / budgets / NPAS rows side by side for the CPU and GPU runs, then targets."""
-    runs = (Run("superweights_base"), Run("superweights_gpu_h200"))
+    runs = (Run("superweights_base"),)
     loaded = [r.load() for r in runs]
     heads = [r.heading().split("** (")[0].strip("*") for r in runs]
     lines = [" ; ".join(r.heading() for r in runs), ""]
@@ -240,9 +240,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "reliability": reliability_block,
     "report": report_block,
     "zoo": zoo_block,
-    "d2nwg": lambda: sections_block(
-        (Run("d2nwg_base"), Run("d2nwg_gpu_h100", "NVIDIA H100 80GB HBM3")), []
-    ),
+    "d2nwg": lambda: sections_block((Run("d2nwg_base"),), []),
     "fusion": fusion_block,
     "distill": lambda: sections_block((Run("distill_base"), Run("distill_gpu_h200")), ["Results"]),
     "weightformer": lambda: sections_block(
