@@ -59,9 +59,8 @@ def code_version() -> dict:
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = git(
-            "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS, "benchmarks"
-        )
+        scripts = ("benchmarks/*.py", "benchmarks/*.sh")  # the scripts, not their results
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS, *scripts)
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None}
     return {"commit": sha, "dirty": bool(dirty)}
