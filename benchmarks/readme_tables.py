@@ -218,7 +218,7 @@ def reliability_block() -> str:
     ref = d["reference"]
     n, stacks = ref["n_members"], ref["stack_sizes"]
     lines = [
-        f"`benchmarks/results/zoo_kill_resume.json`: the base zoo, {n} members in "
+        f"`benchmarks/results/zoo_kill_resume.json` ({_commit(d)}): the base zoo, {n} members in "
         f"{len(stacks)} stacks of at most {max(stacks)}, {ref['train_seconds']:.0f} s "
         f"of training; worst rerun retrained **{d['headline_members_retrained_per_stack']:.2f} "
         f"stack** (target {d['target']}: {'met' if d['ok'] else '**missed**'}).",

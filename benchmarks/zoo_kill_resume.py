@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from pipeline_targets import code_version
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "zoo_kill_resume.json"
 
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "headline_members_retrained_per_stack": headline,
         "target": "<= 1 (at most the stack in flight)",
         "ok": ok,
+        **code_version(),  # the commit this figure comes from
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
