@@ -178,7 +178,7 @@ def zoo_block() -> str:
             f"models/s = {d['batched_models_per_minute']:,.0f} models/min | "
             f"{d['loop_models_per_second']:.2f} models/s ({d['n_loop']} models) | "
             f"**{d['speedup']:,.1f}x** | {d['max_abs_test_accuracy_diff_batched_vs_loop']:.4f} "
-            f"| `{stem}.json` (torch {d['torch']}, {_commit(d)}) |"
+            f"| `benchmarks/results/{stem}.json` (torch {d['torch']}, {_commit(d)}) |"
         )
     return "\n".join(lines)
 
