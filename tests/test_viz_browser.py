@@ -15,18 +15,14 @@ in CI (``CI=true``), where it fails.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,9 +31,11 @@ from kedro.pipeline import Pipeline
 
 from weightspace_kedro.pipeline_registry import available_pipelines
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import dag_png
+
 pytestmark = pytest.mark.slow
 
-KEDRO = str(Path(sys.executable).with_name("kedro"))
 FONT_HOSTS = {"fonts.googleapis.com", "fonts.gstatic.com"}
 LAYERS = {"intermediate", "primary", "feature", "models", "model_output", "reporting"}
 TASK_LABELS = ".pipeline-node--task .pipeline-node__text"
@@ -96,42 +94,19 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, repo_root, chromium) -> Path:
-    """``kedro viz build`` in a scratch copy of the project, completed with api/metadata."""
-    root = tmp_path_factory.mktemp("viz_project")
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(repo_root / name, root / name)
-    shutil.copytree(repo_root / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    (root / "src").mkdir()  # the package itself is the installed one
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(
-        [KEDRO, "viz", "build"], cwd=root, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    build = root / "build"
+def site(tmp_path_factory, chromium) -> Path:
+    """``kedro viz build`` in a scratch copy of the project, completed with api/metadata
+    (``benchmarks/dag_png.py``'s ``build_site``, which draws the README's pictures)."""
+    build = dag_png.build_site(tmp_path_factory.mktemp("viz") / "build")
     assert (build / "index.html").is_file() and (build / "api" / "main").is_file()
-    from kedro_viz.api.rest.responses.metadata import MetadataAPIResponse
-    from kedro_viz.api.rest.utils import get_package_compatibilities
-
-    answer = MetadataAPIResponse(package_compatibilities=get_package_compatibilities())
-    (build / "api" / "metadata").write_text(answer.model_dump_json())
+    assert (build / "api" / "metadata").is_file()
     return build
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:
-        """No access log on stderr."""
 
 
 @pytest.fixture(scope="module")
 def url(site) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=site))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with dag_png.serve(site) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
