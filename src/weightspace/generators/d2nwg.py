@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from weightspace.checks import positive_number
 from weightspace.config import from_mapping, to_mapping
@@ -45,16 +44,10 @@ from weightspace.generators.alignment import AlignmentHead, align_encoder
 from weightspace.generators.dataset_encoder import DatasetEncoderConfig, SetDatasetEncoder
 from weightspace.generators.denoiser import ChunkDenoiser, ChunkDenoiserConfig
 from weightspace.generators.diffusion import GaussianDiffusion
-from weightspace.generators.ema import EMA
+from weightspace.generators.diffusion_loop import train_diffusion_loop
 from weightspace.generators.schedule import make_schedule
 from weightspace.generators.training_checkpoint import (
     CheckpointPolicy,
-    get_rng_states,
-    interrupted,
-    losses_list,
-    losses_tensor,
-    set_rng_states,
-    stop_on_sigint,
 )
 from weightspace.generators.vae import ChunkVAE, ChunkVAEConfig, train_vae
 from weightspace.weights import ChunkLayout
@@ -444,63 +437,27 @@ def fit_diffusion(
     model.encoder.requires_grad_(False).eval()
     model.vae.eval()
     trainable = nn.ModuleDict({"denoiser": model.denoiser, "adapter": model.cond_adapter})
-    trainable.train()
-    dcfg = cfg.diffusion
-    opt = torch.optim.AdamW(trainable.parameters(), lr=dcfg.lr, weight_decay=0.0)
-    ema = EMA(trainable, decay=dcfg.ema_decay)
-    gen_cpu = torch.Generator().manual_seed(seed)
-    gen_dev = torch.Generator(device=device).manual_seed(seed)
     # The encoder is frozen: embed a pool of fresh support sets per task once, and draw a
     # new one of them for every row of every batch (the paper's fresh conditioning sample).
     n_tasks = int(task_of_row.max()) + 1
     tasks = torch.arange(n_tasks).repeat_interleave(cfg.sets_per_task)
+    gen_pool = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         emb_pool = torch.cat([
-            model.encoder(bank.sample(chunk, cfg.shots, gen_cpu).to(device))
+            model.encoder(bank.sample(chunk, cfg.shots, gen_pool).to(device))
             for chunk in tasks.split(1024)
         ]).view(n_tasks, cfg.sets_per_task, -1)  # fmt: skip
-    n = chunks.shape[0]
-    losses: list[float] = []
-    start = 0
-    found = None if ck is None else ck.load_latest()
-    if found is not None:
-        start, state = found
-        trainable.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_states(state["rng"], gen_cpu, gen_dev, device=device)
-        losses = losses_list(state["losses"])
-        log.info("diffusion: resuming from step %d of %d in %s", start, dcfg.steps, ck.folder)
-    bar = tqdm(
-        range(start, dcfg.steps), initial=start, total=dcfg.steps, desc="d2nwg diffusion",
-        disable=not progress, mininterval=2,
+
+    def batch(rows: torch.Tensor, pick: torch.Tensor, gen_dev: torch.Generator):
+        with torch.no_grad():
+            x0 = model.vae.to_latent(chunks[rows.to(device)], sample=True, generator=gen_dev)
+        emb = emb_pool[task_of_row[rows].to(device), pick.to(device)]
+        return x0, model.cond_adapter(emb)
+
+    losses = train_diffusion_loop(
+        "diffusion", trainable, model.denoiser, model.diffusion, batch, chunks.shape[0],
+        cfg.sets_per_task, cfg.diffusion, seed, device, progress=progress, ck=ck,
+        gen_cpu=gen_pool,
     )  # fmt: skip
-    with stop_on_sigint() as stop:
-        for step in bar:
-            rows = torch.randint(0, n, (min(dcfg.batch_size, n),), generator=gen_cpu)
-            pick = torch.randint(0, cfg.sets_per_task, rows.shape, generator=gen_cpu)
-            with torch.no_grad():
-                x0 = model.vae.to_latent(chunks[rows.to(device)], sample=True, generator=gen_dev)
-            emb = emb_pool[task_of_row[rows].to(device), pick.to(device)]
-            cond = model.cond_adapter(emb)
-            loss = model.diffusion.training_loss(
-                model.denoiser, x0, cond=cond, p_uncond=dcfg.p_uncond, generator=gen_dev
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update(trainable)
-            if step % max(dcfg.steps // 100, 1) == 0:
-                losses.append(float(loss.detach()))
-            done, last = step + 1, step + 1 == dcfg.steps
-            if ck is not None and (last or stop.requested or ck.due(done)):
-                ck.save(done, {
-                    "step": done, "model": trainable.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": opt.state_dict(), "losses": losses_tensor(losses),
-                    "rng": get_rng_states(gen_cpu, gen_dev, device=device),
-                })  # fmt: skip
-            if stop.requested and not last:
-                raise interrupted("diffusion", done, ck)
-    ema.copy_to(trainable)
     model.eval()
     return losses
