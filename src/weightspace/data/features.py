@@ -10,8 +10,10 @@ extractor as well as by the weight zoo.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -75,6 +77,26 @@ class FrozenFeatureExtractor(nn.Module):
         """Feature size for inputs of ``input_shape``."""
         device = module_device(self.body)
         return int(self(torch.zeros(1, *input_shape, device=device)).shape[1])
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of what the extractor computes: its layers and their weights.
+
+        Covers the module structure (``repr`` of the body: layer types and sizes) and every
+        tensor of its ``state_dict`` (name, dtype, shape, bytes; BatchNorm statistics
+        included), on the CPU. It depends only on the stored weights, never on the float
+        rounding of a forward pass, so the torch thread count, the CPU's vector unit or the
+        device cannot change it (:func:`~weightspace.data.class_pool.build_class_pool`
+        names a pool by it).
+        """
+        h = hashlib.sha256()
+        h.update(repr(self.body).encode())
+        for name, t in self.body.state_dict().items():
+            t = t.detach().cpu()
+            array = np.ascontiguousarray((t.float() if t.dtype == torch.bfloat16 else t).numpy())
+            array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            h.update(f";{name}:{array.dtype.str}:{array.shape};".encode())
+            h.update(array.reshape(-1).view(np.uint8))
+        return h.hexdigest()
 
 
 def class_feature_sets(

@@ -52,9 +52,45 @@ def task_slug(spec: Any) -> str:
     return "_".join(parts)
 
 
-def build_settings(params: dict[str, Any]) -> NetworksSettings:
-    """Validate ``d2nwg_networks.settings`` once, before any work."""
-    return typed_settings(NetworksSettings, params, "d2nwg_networks.settings", "d2nwg")
+SEED_KEY = "d2nwg_networks.settings.seed"
+DATA_SEED_KEY = "zoo_d2nwg_networks.data.seed"
+
+
+def check_data_seed(s: NetworksSettings, data_seed: int) -> None:
+    """The scenario's seed and its zoo's data seed (the split) must be one seed.
+
+    ``conf/base`` derives ``zoo_d2nwg_networks.data.seed`` from
+    ``d2nwg_networks.settings.seed`` (``--params d2nwg_networks.settings.seed=N`` is merged
+    before that interpolation, so it sets both). An override of one seed alone in another
+    environment's file (conf/test, conf/gpu, conf/local), or ``--params`` on the data seed,
+    would keep one seed's split under the other seed's name (a run "with another seed"
+    that reuses the old networks); it fails instead.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming both keys and their values.
+    """
+    if int(data_seed) != s.seed:
+        raise InvalidParameterError(
+            f"{SEED_KEY} ({s.seed}) and {DATA_SEED_KEY} ({int(data_seed)}) differ: the "
+            "networks scenario uses one seed for its split and its generator. Set both to "
+            "the same value in conf/<env>/parameters_d2nwg.yml (conf/base derives "
+            f"{DATA_SEED_KEY} from {SEED_KEY}, and --params {SEED_KEY}=N sets both; an "
+            "override in conf/test, conf/gpu or conf/local must set both)"
+        )
+
+
+def build_settings(params: dict[str, Any], data: dict[str, Any] | None = None) -> NetworksSettings:
+    """Validate ``d2nwg_networks.settings`` once, before any work.
+
+    With ``data`` (the ``zoo_d2nwg_networks.data`` block) its seed is checked against the
+    settings' seed here too (:func:`check_data_seed`), before the zoo is trained.
+    """
+    s = typed_settings(NetworksSettings, params, "d2nwg_networks.settings", "d2nwg")
+    if data is not None:
+        check_data_seed(s, int(data.get("seed", 0)))
+    return s
 
 
 def zoo_tasks(
@@ -64,14 +100,17 @@ def zoo_tasks(
 
     The members come from the zoo template's grid and carry the zoo's data seed
     (``zoo_d2nwg_networks.data.seed``, part of each member id): another split trains
-    other networks instead of reusing ones that saw this split's test data.
+    other networks instead of reusing ones that saw this split's test data. That seed
+    must be the scenario's seed (:func:`check_data_seed`).
     """
     seeds = sorted({m.data_seed for m in members})
     if len(seeds) > 1:
         raise InvalidParameterError(
             f"zoo_d2nwg_networks members were trained on splits of data seeds {seeds}; one "
-            "zoo must use one split (set zoo_d2nwg_networks.data.seed)"
+            f"zoo must use one split (set {DATA_SEED_KEY})"
         )
+    if seeds:
+        check_data_seed(s, seeds[0])
     specs = list(dict.fromkeys(m.task for m in members))
     tasks = [make_task(datasets[t.dataset], t) for t in specs]
     input_shape, n_classes = check_shared_architecture(tasks)
