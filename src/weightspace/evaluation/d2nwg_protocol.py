@@ -33,6 +33,7 @@ from torch import nn
 from weightspace.data import SplitDataset, TaskSpec
 from weightspace.data.class_pool import HEAD, pool_dataset
 from weightspace.device import resolve_device
+from weightspace.evaluation.d2nwg_comparisons import ComparisonScores, ComparisonSettings, compare
 from weightspace.evaluation.fewshot import GroupData, finetune_curves, group_data, task_datasets
 from weightspace.evaluation.memorization import memorization_audit
 from weightspace.evaluation.speed import generation_throughput, seconds_to_match
@@ -83,6 +84,7 @@ class HeadZoo:
     task_of_row: torch.Tensor
     test_accuracy: torch.Tensor
     train: TrainConfig
+    val_accuracy: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class FewShotScores:
     n_zoo: int
     n_candidates: int
     extra: dict[str, float] = field(default_factory=dict)
+    comparisons: ComparisonScores | None = None
 
 
 def fewshot_groups(
@@ -278,14 +281,37 @@ def evaluate_fewshot(
     zoo: HeadZoo,
     protocol: FewShotProtocol,
     device: torch.device,
+    task_classes: Mapping[str, list] | None = None,
+    ablations: Mapping[str, Sampler] | None = None,
+    comparisons: ComparisonSettings | None = None,
 ) -> FewShotScores:
-    """The whole protocol for one generator (``oracle`` from :func:`oracle_scores`)."""
+    """The whole protocol for one generator (``oracle`` from :func:`oracle_scores`).
+
+    With ``task_classes`` (the pool classes of the zoo / seen / unseen / novel tasks) and
+    ``comparisons``, the baselines, ``ablations`` (other samplers), fine-tuning with
+    learning rates chosen on validation and the copy audit of
+    :func:`weightspace.evaluation.d2nwg_comparisons.compare` are added, and the
+    fine-tuning curves are theirs; without, the older three-initialisation comparison.
+    """
     template = template_fn()
     scores = score_groups(template, sampler, groups, protocol.n_candidates)
-    nearest = nearest_member_init(embed, groups["unseen"], groups["zoo"], zoo)
-    curves = finetune_scores(
-        template, groups["unseen"], scores["unseen"], nearest, protocol, zoo.train.lr
-    )
+    comp = None
+    if comparisons is not None and task_classes is not None:
+        classes = {"seen": task_classes["zoo"][: protocol.n_seen], **task_classes}
+        comp = compare(
+            template, {g: scores[g].stacked for g in GROUPS}, dict(ablations or {}), groups,
+            classes, zoo, embed, protocol.n_candidates, protocol.finetune_steps, comparisons,
+        )  # fmt: skip
+        ft = comp.finetune["unseen"]
+        n_unseen = len(groups["unseen"].datasets)
+        curves = FinetuneCurves(
+            ft.steps, ft.curves, ft.curves["random"][:, 0] if n_unseen else torch.zeros(0)
+        )
+    else:
+        nearest = nearest_member_init(embed, groups["unseen"], groups["zoo"], zoo)
+        curves = finetune_scores(
+            template, groups["unseen"], scores["unseen"], nearest, protocol, zoo.train.lr
+        )
     seen = zoo.task_of_row < protocol.n_seen
     audit = memorization_audit(
         template, scores["seen"].stacked, scores["seen"].task_index,
@@ -305,6 +331,7 @@ def evaluate_fewshot(
         zoo_seen_acc=zoo.test_accuracy[seen],
         n_zoo=len(zoo.task_of_row),
         n_candidates=protocol.n_candidates,
+        comparisons=comp,
     )
 
 

@@ -108,3 +108,25 @@ def retrieval_figure(
     cx.set_title(f"retrieval (function space), accuracy {np.trace(confusion) / t:.3f}")
     fig.colorbar(im, ax=cx, shrink=0.8)
     return fig
+
+
+def grouped_bars(
+    rows: Mapping[str, Mapping[str, float]], groups: Sequence[str], title: str
+) -> Figure:
+    """Horizontal grouped bars: one bar per (variant, group); missing values are skipped."""
+    names = list(rows)
+    fig = Figure(figsize=(8, 0.25 * len(names) * len(groups) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    h = 0.8 / len(groups)
+    for j, g in enumerate(groups):
+        ys = [i + j * h for i, n in enumerate(names) if g in rows[n]]
+        xs = [rows[n][g] for n in names if g in rows[n]]
+        ax.barh(ys, xs, height=h, label=g)
+    ax.set_yticks([i + 0.4 - h / 2 for i in range(len(names))], names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test accuracy (mean over tasks and candidates)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return fig

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from matplotlib.figure import Figure
 
+from weightspace.evaluation.d2nwg_comparisons import ComparisonScores
 from weightspace.evaluation.d2nwg_protocol import FewShotScores
 from weightspace.evaluation.retrieval import RetrievalScores
 from weightspace.generators.d2nwg_stages import VAEGateReport
@@ -23,6 +24,8 @@ STAGE_SECONDS = {
     "fit_weight_vae": "vae_seconds",
     "align_dataset_encoder": "align_seconds",
     "train_latent_diffusion": "diffusion_seconds",
+    "train_classwise_generator": "classwise_seconds",
+    "train_classwise_ablations": "classwise_ablations_seconds",
 }
 """Node short name -> metric key of its wall time (recorded by the project hook)."""
 
@@ -72,7 +75,9 @@ def fewshot_metrics(s: FewShotScores) -> dict[str, float]:
         "unseen_random_init_acc": float(s.finetune.random_init_acc.mean()),
         "unseen_finetune_sampled_acc": float(ft["sampled"][:, -1].mean()),
         "unseen_finetune_random_acc": float(ft["random"][:, -1].mean()),
-        "unseen_finetune_nearest_acc": float(ft["nearest zoo member"][:, -1].mean()),
+        "unseen_finetune_nearest_acc": float(
+            ft["nearest member" if "nearest member" in ft else "nearest zoo member"][:, -1].mean()
+        ),
         "finetune_steps": float(max(s.finetune.steps)),
         "novel_oracle_acc": s.oracle["novel"],
         "novel_sampled_mean_acc": float(g["novel"].test.mean()),
@@ -84,7 +89,74 @@ def fewshot_metrics(s: FewShotScores) -> dict[str, float]:
         "n_novel_tasks": float(s.n_tasks["novel"]),
         "n_candidates": float(s.n_candidates),
         **s.audit,
+        **(comparison_metrics(s.comparisons) if s.comparisons is not None else {}),
     }
+
+
+def _slug(name: str) -> str:
+    """Metric-key form of a variant name: ``"probe (converged)"`` -> ``probe_converged``."""
+    return name.replace(" (", "_").replace(")", "").replace(" ", "_")
+
+
+FINETUNE_KEYS = {"nearest member": "nearest", "lookup": "lookup", "prototype": "prototype",
+                 "sampled": "sampled", "random": "random"}  # fmt: skip
+"""Fine-tuning initialisation -> its metric-key name (``nearest`` kept from release 1)."""
+
+
+def comparison_metrics(c: ComparisonScores) -> dict[str, float]:
+    """Baselines, ablations, the zoo's best-of-K, fine-tuning and the copy audit.
+
+    Keys: ``{group}_{baseline}_acc`` (prototype, lookup, nearest_member, probe,
+    probe_converged), ``{group}_{ablation}_acc`` (unconditional, no_alignment,
+    whole_head), ``seen_zoo_best_of_k_acc``, ``{group}_finetune_{init}_acc`` and
+    ``_lr``, ``memorization_copy_share_{group}`` (and the rule's reference distance,
+    threshold and median nearest distance), ``{ablation}_memorization_copy_share_seen``.
+    """
+    out: dict[str, float] = {"seen_zoo_best_of_k_acc": c.zoo_best_of_k}
+    for table in (c.baselines, c.ablations):
+        for g, row in table.items():
+            out.update({f"{g}_{_slug(n)}_acc": float(v) for n, v in row.items()})
+    for g, ft in c.finetune.items():
+        for n, curve in ft.curves.items():
+            out[f"{g}_finetune_{FINETUNE_KEYS.get(n, _slug(n))}_acc"] = float(curve[:, -1].mean())
+            out[f"{g}_finetune_{FINETUNE_KEYS.get(n, _slug(n))}_lr"] = float(ft.lr[n])
+    for variant, groups in c.audit.items():
+        prefix = "" if variant == "method" else f"{_slug(variant)}_"
+        for g, m in groups.items():
+            out[f"{prefix}memorization_copy_share_{g}"] = float(m["copy_share"])
+            for k in ("copy_reference_distance", "copy_threshold", "copy_nearest_distance_median"):
+                out[f"{prefix}memorization_{k}_{g}"] = float(m[k])
+    return out
+
+
+def classwise_metrics(report: Mapping[str, object]) -> dict[str, float]:
+    """The class-wise generator's training report: anchor fit and last losses."""
+    anchor = dict(report["anchor"])  # type: ignore[arg-type]
+    align = list(report["align_losses"])  # type: ignore[arg-type]
+    diff = list(report["diffusion_losses"])  # type: ignore[arg-type]
+    out = {f"classwise_{k}": float(v) for k, v in anchor.items()}
+    if align:
+        out["classwise_align_final_loss"] = float(align[-1])
+    out["classwise_diffusion_final_loss"] = float(sum(diff[-5:]) / len(diff[-5:]))
+    return out
+
+
+def baselines_figure(s: FewShotScores) -> Figure:
+    """Zero-shot test accuracy of the method, its baselines and ablations per group."""
+    c = s.comparisons
+    rows: dict[str, dict[str, float]] = {}
+    for g in ("seen", "unseen", "novel"):
+        rows.setdefault("class-wise D2NWG (method)", {})[g] = float(s.groups[g].test.mean())
+        if c is not None:
+            for table in (c.baselines, c.ablations):
+                for n, v in table.get(g, {}).items():
+                    rows.setdefault(n.replace("_", " "), {})[g] = float(v)
+        rows.setdefault("oracle (full training split)", {})[g] = s.oracle.get(g, float("nan"))
+    return plots.grouped_bars(
+        rows,
+        ["seen", "unseen", "novel"],
+        "Few-shot heads: the method beside its baselines and ablations",
+    )
 
 
 def fewshot_figures(

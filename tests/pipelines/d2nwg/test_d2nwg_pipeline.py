@@ -71,11 +71,12 @@ def test_both_scenarios_run_resume_and_reproduce(tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/checkpoints/*")}
     untimed = [k for k in first if "second" not in k and "speedup" not in k]
     assert {k: first[k] for k in untimed} == {k: second[k] for k in untimed}
-    # The VAE and diffusion stages of both scenarios left checkpoints (the rerun resumed
+    # The VAE and diffusion stages of both scenarios and the three class-wise diffusions
+    # (method, two ablations) left checkpoints (the rerun resumed
     # from their final ones: same numbers).
     stages = {p.name.split("-")[0] for p in (tmp_path / "generator_checkpoints").iterdir()}
-    assert stages == {"vae", "diffusion"}
-    assert len(list((tmp_path / "generator_checkpoints").iterdir())) == 4
+    assert stages == {"vae", "diffusion", "classwise_diffusion"}
+    assert len(list((tmp_path / "generator_checkpoints").iterdir())) == 7
 
 
 @pytest.mark.parametrize(

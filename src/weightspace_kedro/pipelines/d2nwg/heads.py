@@ -8,6 +8,7 @@ scored by :mod:`weightspace.evaluation.d2nwg_protocol`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,18 +26,26 @@ from weightspace.data.features import FrozenFeatureExtractor
 from weightspace.device import resolve_device
 from weightspace.evaluation import d2nwg_protocol as proto
 from weightspace.evaluation.fewshot import task_datasets
+from weightspace.generators.class_rows import head_names, to_rows
+from weightspace.generators.classwise import (
+    ClassWiseD2NWG,
+    anchor_sampler,
+    classwise_embedder,
+    classwise_sampler,
+)
+from weightspace.generators.classwise_training import fit_classwise
 from weightspace.generators.d2nwg import D2NWG
 from weightspace.generators.d2nwg_stages import (
     VAEGateReport,
     ZooTasks,
     ZooWeights,
     feature_bank,
-    set_embedder,
     weight_sampler,
 )
 from weightspace.reporting import d2nwg_report as rep
 from weightspace.zoo import MemberSpec, Zoo
 from weightspace_kedro.pipelines.d2nwg.settings import HeadsSettings
+from weightspace_kedro.pipelines.d2nwg.stages import checkpoint_policy
 from weightspace_kedro.typed import typed_settings
 
 
@@ -110,8 +119,48 @@ def oracle(pool: ClassPool, tasks: dict, s: HeadsSettings) -> dict[str, float]:
     return proto.oracle_scores(pool.dataset, tasks, s.heads.train, s.evaluation, s.device)
 
 
+def _fit(
+    s: HeadsSettings, weights: ZooWeights, zt: ZooTasks, tasks: dict, **changes: Any
+) -> tuple[ClassWiseD2NWG, dict[str, Any]]:
+    """One class-wise generator on the zoo's heads (``changes``: config overrides;
+    ``align=False`` skips stage 2)."""
+    align = changes.pop("align", True)
+    cfg = replace(s.classwise.config, **changes)
+    model = ClassWiseD2NWG(cfg, zt.feature_dim, seed=s.seed).to(resolve_device(s.device))
+    rows = to_rows(weights.stacked, head_names(weights.stacked))
+    report = fit_classwise(
+        model, zt.bank, weights.task_of_row, rows, torch.tensor([list(c) for c in tasks["zoo"]]),
+        s.seed, align=align, progress=s.generator.progress, checkpoint=checkpoint_policy(s),
+    )  # fmt: skip
+    return model, report
+
+
+def fit_classwise_generator(
+    weights: ZooWeights, zt: ZooTasks, tasks: dict, s: HeadsSettings
+) -> tuple[ClassWiseD2NWG, dict[str, Any], dict[str, Any]]:
+    """The method: class-wise D2NWG (anchor, aligned encoder, per-class diffusion); its
+    training report and its checkpoint."""
+    model, report = _fit(s, weights, zt, tasks)
+    return model, report, model.to_bundle(weights.weight_set.spec.fingerprint)
+
+
+ABLATION_CHANGES: dict[str, dict[str, Any]] = {
+    "unconditional": {"conditional": False, "anchor": "none"},
+    "no_alignment": {"align": False},
+}
+
+
+def fit_classwise_ablations(
+    weights: ZooWeights, zt: ZooTasks, tasks: dict, s: HeadsSettings
+) -> dict[str, ClassWiseD2NWG]:
+    """The ablations of ``classwise.ablations``, same budget and data as the method."""
+    return {a: _fit(s, weights, zt, tasks, **ABLATION_CHANGES[a])[0] for a in s.classwise.ablations}
+
+
 def evaluate(
-    model: D2NWG,
+    model: ClassWiseD2NWG,
+    ablations: dict[str, ClassWiseD2NWG],
+    whole_head: D2NWG,
     weights: ZooWeights,
     zoo: Zoo,
     pool: ClassPool,
@@ -119,16 +168,24 @@ def evaluate(
     oracle_acc: dict[str, float],
     s: HeadsSettings,
 ) -> proto.FewShotScores:
-    """The few-shot protocol with the trained generator as sampler and embedder."""
+    """The few-shot protocol with the class-wise generator as the method; its ablations,
+    the whole-head (paper) generator and the baselines beside it."""
     groups = proto.fewshot_groups(pool.dataset, tasks, s.evaluation, s.seed)
     heads = proto.HeadZoo(
         weights.stacked, weights.task_of_row,
         torch.tensor(zoo.index["test_accuracy"].to_numpy()), s.heads.train,
+        val_accuracy=torch.tensor(zoo.index["val_accuracy"].to_numpy()),
     )  # fmt: skip
-    sampler = weight_sampler(model, weights.weight_set, s.seed)
+    names = head_names(weights.stacked)
+    others = {a: classwise_sampler(m, names, s.seed) for a, m in ablations.items()}
+    others["whole_head"] = weight_sampler(whole_head, weights.weight_set, s.seed)
+    if model.config.anchor != "none":
+        others["anchor_only"] = anchor_sampler(model, names)
     return proto.evaluate_fewshot(
-        lambda: zoo.arch_spec(zoo.model_ids[0]).build(), sampler, set_embedder(model),
-        groups, oracle_acc, heads, s.evaluation, resolve_device(s.device),
+        lambda: zoo.arch_spec(zoo.model_ids[0]).build(), classwise_sampler(model, names, s.seed),
+        classwise_embedder(model), groups, oracle_acc, heads, s.evaluation,
+        resolve_device(s.device), task_classes=tasks, ablations=others,
+        comparisons=s.comparisons,
     )  # fmt: skip
 
 
@@ -141,11 +198,13 @@ def report(
     gate: VAEGateReport,
     align_losses: list[float],
     diffusion_losses: list[float],
+    classwise_report: dict[str, Any],
     backbone_report: dict[str, float],
     node_seconds: dict[str, float],
     s: HeadsSettings,
-) -> tuple[dict[str, float], Figure, Figure, Figure]:
-    """Scenario (a)'s metrics (unprefixed) and its three figures."""
+) -> tuple[dict[str, float], Figure, Figure, Figure, Figure]:
+    """Scenario (a)'s metrics (unprefixed) and its four figures; the whole-head
+    generator's VAE latents picture the zoo."""
     with torch.no_grad():
         chunks = weights.weight_set.chunks.to(model.vae.latent_scale.device)
         latents = model.vae.to_latent(chunks).flatten(1).cpu()
@@ -160,5 +219,7 @@ def report(
         **rep.fewshot_metrics(scores),
         **backbone_report,
         **rep.stage_metrics(gate, align_losses, diffusion_losses, node_seconds),
+        **rep.classwise_metrics(classwise_report),
     }
-    return metrics, figs["accuracy_hist"], figs["finetune_curves"], figs["latents"]
+    return (metrics, figs["accuracy_hist"], figs["finetune_curves"], figs["latents"],
+            rep.baselines_figure(scores))  # fmt: skip

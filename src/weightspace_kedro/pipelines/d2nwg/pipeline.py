@@ -94,20 +94,27 @@ def heads_pipeline() -> Pipeline:
         Node(heads.oracle, ["pool", "tasks", S], "oracle", name="train_oracle_heads"),
     ]  # fmt: skip
     evaluate = [
+        Node(heads.fit_classwise_generator, ["weights", "zoo_tasks", "tasks", S],
+             ["classwise_generator", "classwise_report", "classwise_checkpoint"],
+             name="train_classwise_generator"),
+        Node(heads.fit_classwise_ablations, ["weights", "zoo_tasks", "tasks", S],
+             "classwise_ablations", name="train_classwise_ablations"),
         Node(heads.evaluate,
-             ["generator", "weights", f"{hz}.zoo_models", "pool", "tasks", "oracle", S],
+             ["classwise_generator", "classwise_ablations", "generator", "weights",
+              f"{hz}.zoo_models", "pool", "tasks", "oracle", S],
              "scores", name="sample_and_evaluate"),
         Node(heads.report,
              ["scores", "generator", "weights", "pool", "tasks", "vae_gate", "align_losses",
-              "diffusion_losses", "backbone_report", "node_seconds", S],
+              "diffusion_losses", "classwise_report", "backbone_report", "node_seconds", S],
              ["d2nwg.heads_metrics", "d2nwg.plot_accuracy_hist", "d2nwg.plot_finetune_curves",
-              "d2nwg.plot_latents"], name="report_heads"),
+              "d2nwg.plot_latents", "d2nwg.plot_baselines"], name="report_heads"),
     ]  # fmt: skip
     outputs = {
         "d2nwg.heads_metrics",
         "d2nwg.plot_accuracy_hist",
         "d2nwg.plot_finetune_curves",
         "d2nwg.plot_latents",
+        "d2nwg.plot_baselines",
     }
     zoos = scenario_zoos(
         "d2nwg_heads", zoo_pipeline(bb, planned=True), zoo_pipeline(hz, planned=True)

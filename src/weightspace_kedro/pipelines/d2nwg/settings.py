@@ -23,7 +23,9 @@ from typing import Any
 
 from weightspace.data.registry import DATASETS
 from weightspace.errors import InvalidParameterError
+from weightspace.evaluation.d2nwg_comparisons import ComparisonSettings
 from weightspace.evaluation.d2nwg_protocol import FewShotProtocol
+from weightspace.generators.classwise import ClassWiseConfig
 from weightspace.generators.d2nwg import D2NWGConfig
 from weightspace.generators.training_checkpoint import CheckpointPolicy
 from weightspace.nets.registry import ARCHITECTURES
@@ -194,6 +196,27 @@ class HeadsZooSettings:
         _int("heads.seeds", self.seeds, 1)
 
 
+ABLATIONS: tuple[str, ...] = ("unconditional", "no_alignment")
+"""Class-wise generators trained beside the method: no dataset encoding at all (p-diff
+style: no condition, no anchor), and no contrastive alignment of the encoder."""
+
+
+@dataclass(frozen=True)
+class ClassWiseSettings:
+    """The class-wise head generator (the method of scenario (a)) and its ablations."""
+
+    config: ClassWiseConfig = field(default_factory=ClassWiseConfig)
+    ablations: tuple[str, ...] = ABLATIONS
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.ablations if a not in ABLATIONS]
+        if bad or len(set(self.ablations)) != len(self.ablations):
+            raise InvalidParameterError(
+                f"classwise.ablations must be distinct names from {list(ABLATIONS)}, got "
+                f"{list(self.ablations)}"
+            )
+
+
 @dataclass(frozen=True)
 class HeadsSettings:
     """Scenario (a): few-shot classifier heads over a pool of digits + MNIST-1D classes."""
@@ -204,11 +227,24 @@ class HeadsSettings:
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
     heads: HeadsZooSettings = field(default_factory=HeadsZooSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    classwise: ClassWiseSettings = field(default_factory=ClassWiseSettings)
     evaluation: FewShotProtocol = field(default_factory=FewShotProtocol)
+    comparisons: ComparisonSettings = field(default_factory=ComparisonSettings)
 
     def __post_init__(self) -> None:
         _int("seed", self.seed, 0)
         _device("device", self.device)
+        c = self.comparisons
+        _int("comparisons.probe_converged_steps", c.probe_converged_steps, 1)
+        if not c.lr_grid or any(isinstance(v, bool) or not isinstance(v, int | float)
+                                or not v > 0 for v in c.lr_grid):  # fmt: skip
+            raise InvalidParameterError(
+                f"comparisons.lr_grid must be a non-empty list of numbers > 0, got {c.lr_grid!r}"
+            )
+        if not 0 < c.copy_ratio <= 1:
+            raise InvalidParameterError(
+                f"comparisons.copy_ratio must be in (0, 1], got {c.copy_ratio!r}"
+            )
         ev = self.evaluation
         for name, low in (("shots", 1), ("n_seen", 0), ("n_candidates", 1),
                           ("throughput_candidates", 1), ("random_seed", 0)):  # fmt: skip
