@@ -45,8 +45,13 @@ VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("oracle (full training split)", "oracle", ("unseen", "novel")),
 ]
 
-FINETUNE = [("class-wise D2NWG", "sampled"), ("random init", "random"),
-            ("nearest member", "nearest"), ("prototype", "prototype"), ("row look-up", "lookup")]  # fmt: skip
+FINETUNE = [
+    ("class-wise D2NWG", "sampled"),
+    ("random init", "random"),
+    ("nearest member", "nearest"),
+    ("prototype", "prototype"),
+    ("row look-up", "lookup"),
+]
 
 
 def targets(m: Mapping[str, float]) -> list[Row]:
@@ -57,29 +62,67 @@ def targets(m: Mapping[str, float]) -> list[Row]:
     ft_best = max(v for v in ft if v == v)
     uncond_gap = g("unseen_sampled_mean_acc") - g("unseen_unconditional_acc")
     rows = [
-        ("unseen: sampled mean - max(prototype, look-up)",
-         g("unseen_sampled_mean_acc") - unseen_free, ">= 0", g("unseen_sampled_mean_acc") >= unseen_free),
-        ("unseen: sampled mean / oracle", g("unseen_sampled_mean_acc") / g("unseen_oracle_acc"),
-         ">= 0.9", g("unseen_sampled_mean_acc") >= 0.9 * g("unseen_oracle_acc")),
-        ("unseen, fine-tuned: sampled init - best baseline init",
-         g("unseen_finetune_sampled_acc") - ft_best, ">= 0", g("unseen_finetune_sampled_acc") >= ft_best),
-        ("novel: sampled mean - prototype", g("novel_sampled_mean_acc") - g("novel_prototype_acc"),
-         ">= 0", g("novel_sampled_mean_acc") >= g("novel_prototype_acc")),
-        ("novel: sampled mean / oracle", g("novel_sampled_mean_acc") / g("novel_oracle_acc"),
-         ">= 0.8", g("novel_sampled_mean_acc") >= 0.8 * g("novel_oracle_acc")),
-        ("seen: sampled mean / zoo mean", g("seen_sampled_mean_acc") / g("seen_zoo_mean_acc"),
-         ">= 0.98", g("seen_sampled_mean_acc") >= 0.98 * g("seen_zoo_mean_acc")),
-        ("seen: best-of-10 - zoo best-of-4 (val)",
-         g("seen_sampled_best_acc") - g("seen_zoo_best_of_k_acc"), ">= 0",
-         g("seen_sampled_best_acc") >= g("seen_zoo_best_of_k_acc")),
-        ("unseen: sampled mean - unconditional", uncond_gap, "> 0.05 (encoding matters)",
-         uncond_gap > 0.05),
-        ("copies among samples (unseen / novel share)",
-         max(g("memorization_copy_share_unseen"), g("memorization_copy_share_novel")),
-         "reported", True),
-        ("generated heads / s", g("generated_models_per_second"), ">= 10,000 (GPU)",
-         g("generated_models_per_second") >= 10_000),
-    ]  # fmt: skip
+        (
+            "unseen: sampled mean - max(prototype, look-up)",
+            g("unseen_sampled_mean_acc") - unseen_free,
+            ">= 0",
+            g("unseen_sampled_mean_acc") >= unseen_free,
+        ),
+        (
+            "unseen: sampled mean / oracle",
+            g("unseen_sampled_mean_acc") / g("unseen_oracle_acc"),
+            ">= 0.9",
+            g("unseen_sampled_mean_acc") >= 0.9 * g("unseen_oracle_acc"),
+        ),
+        (
+            "unseen, fine-tuned: sampled init - best baseline init",
+            g("unseen_finetune_sampled_acc") - ft_best,
+            ">= 0",
+            g("unseen_finetune_sampled_acc") >= ft_best,
+        ),
+        (
+            "novel: sampled mean - prototype",
+            g("novel_sampled_mean_acc") - g("novel_prototype_acc"),
+            ">= 0",
+            g("novel_sampled_mean_acc") >= g("novel_prototype_acc"),
+        ),
+        (
+            "novel: sampled mean / oracle",
+            g("novel_sampled_mean_acc") / g("novel_oracle_acc"),
+            ">= 0.8",
+            g("novel_sampled_mean_acc") >= 0.8 * g("novel_oracle_acc"),
+        ),
+        (
+            "seen: sampled mean / zoo mean",
+            g("seen_sampled_mean_acc") / g("seen_zoo_mean_acc"),
+            ">= 0.98",
+            g("seen_sampled_mean_acc") >= 0.98 * g("seen_zoo_mean_acc"),
+        ),
+        (
+            "seen: best-of-10 - zoo best-of-4 (val)",
+            g("seen_sampled_best_acc") - g("seen_zoo_best_of_k_acc"),
+            ">= 0",
+            g("seen_sampled_best_acc") >= g("seen_zoo_best_of_k_acc"),
+        ),
+        (
+            "unseen: sampled mean - unconditional",
+            uncond_gap,
+            "> 0.05 (encoding matters)",
+            uncond_gap > 0.05,
+        ),
+        (
+            "copies among samples (unseen / novel share)",
+            max(g("memorization_copy_share_unseen"), g("memorization_copy_share_novel")),
+            "reported",
+            True,
+        ),
+        (
+            "generated heads / s",
+            g("generated_models_per_second"),
+            ">= 10,000 (GPU)",
+            g("generated_models_per_second") >= 10_000,
+        ),
+    ]
     return rows
 
 
@@ -107,9 +150,10 @@ def comparison_table(per_seed: Mapping[str, Mapping[str, float]]) -> str:
     for label, stem, where in VARIANTS:
         cells = [
             _cell([m.get(_key(stem, g), float("nan")) for m in per_seed.values()])
-            if g in where else "—"
+            if g in where
+            else "—"
             for g in groups
-        ]  # fmt: skip
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -120,20 +164,32 @@ def finetune_table(per_seed: Mapping[str, Mapping[str, float]]) -> str:
     steps = int(next(iter(per_seed.values())).get("finetune_steps", 0))
     lines = [f"| Init, then {steps} steps on the support set | unseen | novel |", "|---|---|---|"]
     for label, key in FINETUNE:
-        cells = [_cell([m.get(f"{g}_finetune_{key}_acc", float("nan")) for m in per_seed.values()])
-                 for g in ("unseen", "novel")]  # fmt: skip
+        cells = [
+            _cell([m.get(f"{g}_finetune_{key}_acc", float("nan")) for m in per_seed.values()])
+            for g in ("unseen", "novel")
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def audit_table(per_seed: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown: the copy rule's share of samples called copies, per group and variant."""
-    rows = [("class-wise D2NWG: class rows", "memorization_copy_share_{g}", ("seen", "unseen", "novel")),
-            ("whole-head D2NWG: whole heads", "whole_head_memorization_copy_share_{g}", ("seen",))]  # fmt: skip
+    rows = [
+        (
+            "class-wise D2NWG: class rows",
+            "memorization_copy_share_{g}",
+            ("seen", "unseen", "novel"),
+        ),
+        ("whole-head D2NWG: whole heads", "whole_head_memorization_copy_share_{g}", ("seen",)),
+    ]
     lines = ["| Copies (copy rule, ratio 0.5) | seen | unseen | novel |", "|---|---|---|---|"]
     for label, pattern, where in rows:
-        cells = [_cell([m.get(pattern.format(g=g), float("nan")) for m in per_seed.values()])
-                 if g in where else "—" for g in ("seen", "unseen", "novel")]  # fmt: skip
+        cells = [
+            _cell([m.get(pattern.format(g=g), float("nan")) for m in per_seed.values()])
+            if g in where
+            else "—"
+            for g in ("seen", "unseen", "novel")
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -145,8 +201,16 @@ def seed_targets(per_seed: Mapping[str, Mapping[str, float]]) -> list[dict]:
     for i, (name, value, goal, met) in enumerate(targets(mean)):
         per = [targets(m)[i] for m in per_seed.values()]
         worst = min(per, key=lambda r: (r[3], r[1]))
-        out.append({"name": name, "measured": value, "goal": goal, "met": bool(met),
-                    "worst_seed": worst[1], "met_every_seed": all(r[3] for r in per)})  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "measured": value,
+                "goal": goal,
+                "met": bool(met),
+                "worst_seed": worst[1],
+                "met_every_seed": all(r[3] for r in per),
+            }
+        )
     return out
 
 
@@ -187,10 +251,14 @@ def main(argv: Sequence[str] | None = None, run: Callable[[int, str], dict] = ru
     print_targets([(r["name"], r["measured"], r["goal"], r["met"]) for r in rows])
     print(comparison_table(per_seed), finetune_table(per_seed), audit_table(per_seed), sep="\n\n")
     write_results(
-        "d2nwg", args.env, args.tag,
-        [(r["name"], r["measured"], r["goal"], r["met"]) for r in rows], mean_metrics(per_seed),
-        copies=(), extra={"seeds": args.seeds, "seed_targets": rows, "per_seed": per_seed},
-    )  # fmt: skip
+        "d2nwg",
+        args.env,
+        args.tag,
+        [(r["name"], r["measured"], r["goal"], r["met"]) for r in rows],
+        mean_metrics(per_seed),
+        copies=(),
+        extra={"seeds": args.seeds, "seed_targets": rows, "per_seed": per_seed},
+    )
 
 
 if __name__ == "__main__":
