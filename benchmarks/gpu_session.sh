@@ -29,11 +29,13 @@ if [ "${SKIP_KEDRO:-0}" != 1 ]; then
   cp "$DATA"/08_reporting/zoo/accuracy.png "$OUT/gpu_zoo_accuracy.png"
 fi
 if [ "${D2NWG:-0}" = 1 ]; then
-  time python3 benchmarks/d2nwg_targets.py --env gpu --tag "${TAG:-}" 2>&1 \
-    | grep -vE "step/s\]|^\s+$" | tail -60
-  cp benchmarks/results/d2nwg_gpu* "$OUT/" 2>/dev/null || true
-  for f in accuracy_hist finetune_curves latents; do
-    cp "$DATA/08_reporting/d2nwg/$f.png" "$OUT/d2nwg_gpu_$f.png" 2>/dev/null || true
+  # one seed per call by default (D2NWG_SEEDS); each seed's wall time is in the result file
+  time timeout "${D2NWG_LIMIT:-3000}" python3 benchmarks/d2nwg_targets.py --env gpu \
+    --tag "${TAG:-}" --seeds ${D2NWG_SEEDS:-0} > "$OUT/d2nwg_gpu${TAG:-}.log" 2>&1 || true
+  grep -vE "step/s\]|it/s\]|^\s+$" "$OUT/d2nwg_gpu${TAG:-}.log" | tail -60
+  cp -r benchmarks/results/d2nwg_gpu* "$OUT/" 2>/dev/null || true
+  for f in accuracy_hist finetune_curves latents baselines; do
+    cp "$DATA/08_reporting/d2nwg/$f.png" "$OUT/d2nwg_gpu${TAG:-}_$f.png" 2>/dev/null || true
   done
 fi
 if [ "${FUSION:-0}" = 1 ]; then
