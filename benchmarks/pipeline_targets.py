@@ -72,6 +72,8 @@ def run_version(pipeline: str, env: str) -> dict:
     :func:`code_version`. The hook calls a run dirty when any tracked file differed from
     the commit; when the code (:data:`CODE_PATHS`) in the work tree still equals that
     commit's, only other files (README, benchmarks) differed and the run counts as clean."""
+    if os.environ.get("WEIGHTSPACE_COMMIT"):  # the GPU box: its copy's .git is not the run's
+        return code_version()
     path = data_root(env) / "08_reporting" / pipeline / "provenance.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     commit = record.get("git_commit")
