@@ -236,11 +236,48 @@ def reliability_block() -> str:
     return "\n".join(lines)
 
 
+def d2nwg_block() -> str:
+    """Per run (CPU, H200): the method beside its baselines and ablations, fine-tuning and
+    the copy audit over seeds (``benchmarks/d2nwg_targets.py``); then the targets, mean
+    over seeds with the worst seed."""
+    from d2nwg_targets import audit_table, comparison_table, finetune_table
+
+    runs = (Run("d2nwg_base"), Run("d2nwg_gpu_h200"))
+    parts = []
+    for run in runs:
+        data = run.load()
+        seeds = ", ".join(str(s) for s in data.get("seeds", []))
+        parts += [
+            f"{run.heading()}, seeds {seeds}; cells: mean ± std over seeds (worst seed):",
+            comparison_table(data["per_seed"]),
+            finetune_table(data["per_seed"]),
+            audit_table(data["per_seed"]),
+        ]
+    lines = ["| target | goal | " + " | ".join(
+        ("CPU, 2 cores" if r.load()["device"] == "cpu" else r.load()["device"])
+        + " mean (worst seed)" for r in runs) + " |", "|---|---|" + "---|" * len(runs)]  # fmt: skip
+    rows = [{t["name"]: t for t in r.load()["seed_targets"]} for r in runs]
+    names = list(dict.fromkeys(n for run_rows in rows for n in run_rows))
+    for name in names:
+        cells, goal = [], next(r[name]["goal"] for r in rows if name in r)
+        for run_rows in rows:
+            r = run_rows.get(name)
+            if r is None:
+                cells.append("— (not measured in this run)")
+                continue
+            ok = "met" if r["met"] else "**missed**"
+            every = "" if r["met_every_seed"] == r["met"] else " (not every seed)"
+            cells.append(f"{_number(r['measured'])} ({_number(r['worst_seed'])}): {ok}{every}")
+        lines.append(f"| {name} | {goal} | " + " | ".join(cells) + " |")
+    parts += ["Targets:", "\n".join(lines)]
+    return "\n\n".join(parts)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "reliability": reliability_block,
     "report": report_block,
     "zoo": zoo_block,
-    "d2nwg": lambda: sections_block((Run("d2nwg_base"),), []),
+    "d2nwg": d2nwg_block,
     "fusion": fusion_block,
     "distill": lambda: sections_block((Run("distill_base"), Run("distill_gpu_h200")), ["Results"]),
     "weightformer": lambda: sections_block(
