@@ -56,11 +56,13 @@ def d2nwg_pipeline(
     """
     body = Pipeline([*prepare, *_stage_nodes(zoo), *evaluate], tags=["d2nwg", namespace])
     zoo_io = {d for d in body.datasets() if d.startswith("zoo_") and "." in d}
+    zoo_params = {d for d in body.inputs() if d.startswith("params:zoo_")}
     return Pipeline(
         body,
         namespace=namespace,
         inputs=zoo_io & body.inputs(),
         outputs=(zoo_io - body.inputs()) | outputs,
+        parameters={p: p for p in zoo_params},
         prefix_datasets_with_namespace=True,
     )
 
@@ -126,7 +128,8 @@ def networks_pipeline() -> Pipeline:
     """Scenario (b): whole networks; its zoo is the zoo template's grid."""
     nz = "zoo_d2nwg_networks"
     prepare = [
-        Node(networks.build_settings, "params:settings", S, name="build_settings"),
+        Node(networks.build_settings, ["params:settings", f"params:{nz}.data"], S,
+             name="build_settings"),
         Node(networks.zoo_tasks, [f"{nz}.zoo_members", f"{nz}.zoo_datasets", S], "zoo_tasks",
              name="zoo_tasks"),
     ]  # fmt: skip
