@@ -106,6 +106,31 @@ def _d2nwg(m: Mapping[str, float], p: Mapping[str, Any] | None) -> Extracted:
                 seconds_to_obtain=k),
         RowSpec("oracle (trained on the task)", "novel_oracle_acc", forward_passes=ONE_NETWORK),
     ]  # fmt: skip
+    # Baselines and ablations on the same support / val / test data (runs since the
+    # class-wise method; older metrics files have none of these keys and get no rows).
+    one_net = dict(forward_passes=ONE_NETWORK)
+    extra = {
+        "seen": [("zoo heads, best of k on val", "seen_zoo_best_of_k_acc"),
+                 ("prototype head (support means)", "seen_prototype_acc"),
+                 ("row look-up from the zoo", "seen_lookup_acc"),
+                 ("ablation: anchor only (no diffusion)", "seen_anchor_only_acc"),
+                 ("whole-head D2NWG (paper's chunk VAE)", "seen_whole_head_acc")],
+        "unseen": [("prototype head (support means)", "unseen_prototype_acc"),
+                   ("row look-up from the zoo", "unseen_lookup_acc"),
+                   ("nearest zoo member, rows matched", "unseen_nearest_member_acc"),
+                   ("linear probe, converged", "unseen_probe_converged_acc"),
+                   ("ablation: anchor only (no diffusion)", "unseen_anchor_only_acc"),
+                   ("ablation: unconditional", "unseen_unconditional_acc"),
+                   ("whole-head D2NWG (paper's chunk VAE)", "unseen_whole_head_acc"),
+                   ("row look-up + fine-tuned", "unseen_finetune_lookup_acc")],
+        "novel": [("prototype head (support means)", "novel_prototype_acc"),
+                  ("linear probe, converged", "novel_probe_converged_acc"),
+                  ("ablation: anchor only (no diffusion)", "novel_anchor_only_acc"),
+                  ("ablation: unconditional", "novel_unconditional_acc"),
+                  ("whole-head D2NWG (paper's chunk VAE)", "novel_whole_head_acc")],
+    }  # fmt: skip
+    for rows, group in ((seen, "seen"), (unseen, "unseen"), (novel, "novel")):
+        rows += [RowSpec(v, k, **one_net) for v, k in extra[group] if k in m]
     names = _matches(m, r"networks_(.+)_zoo_mean_acc")
     nk = ("networks_sample_seconds_per_model", "networks_n_candidates")
     net = dict(forward_passes=ONE_NETWORK, n_parameters="networks_n_params")
