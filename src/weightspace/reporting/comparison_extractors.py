@@ -89,9 +89,9 @@ def _d2nwg(m: Mapping[str, float], p: Mapping[str, Any] | None) -> Extracted:
     unseen = [
         RowSpec("sampled (mean)", "unseen_sampled_mean_acc", forward_passes=ONE_NETWORK,
                 seconds_to_obtain=one, memorization=mem),
-        RowSpec("sampled (best of k, val)", "unseen_sampled_best_acc", headline=True,
+        RowSpec("sampled (best of k, support set)", "unseen_sampled_best_acc", headline=True,
                 forward_passes=ONE_NETWORK, seconds_to_obtain=k, memorization=mem,
-                note="seconds: k samples; the choice on validation is not timed"),
+                note="seconds: k samples; the choice on the support set is not timed"),
         RowSpec("oracle (trained on the task)", "unseen_oracle_acc", forward_passes=ONE_NETWORK),
         RowSpec("random init", "unseen_random_init_acc", forward_passes=ONE_NETWORK),
         RowSpec("sampled + fine-tuned", "unseen_finetune_sampled_acc", forward_passes=ONE_NETWORK),
@@ -102,8 +102,8 @@ def _d2nwg(m: Mapping[str, float], p: Mapping[str, Any] | None) -> Extracted:
     novel = [
         RowSpec("sampled (mean)", "novel_sampled_mean_acc", forward_passes=ONE_NETWORK,
                 seconds_to_obtain=one),
-        RowSpec("sampled (best of k, val)", "novel_sampled_best_acc", forward_passes=ONE_NETWORK,
-                seconds_to_obtain=k),
+        RowSpec("sampled (best of k, support set)", "novel_sampled_best_acc",
+                forward_passes=ONE_NETWORK, seconds_to_obtain=k),
         RowSpec("oracle (trained on the task)", "novel_oracle_acc", forward_passes=ONE_NETWORK),
     ]  # fmt: skip
     # Baselines and ablations on the same support / val / test data (runs since the
