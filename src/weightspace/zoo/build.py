@@ -11,6 +11,10 @@ temporary files, reopens the zoo there (rebuilding a lost index from the checkpo
 :func:`weightspace.zoo.folder.recover_zoo`), writes each stack's checkpoints and the index
 as soon as the stack is trained, and on SIGINT stops after the current stack is written.
 A kill loses at most the stack in flight; the rerun retrains only unfinished stacks.
+
+Under ``torchrun`` (``world`` active, :mod:`weightspace.distributed`) the members are split
+across the ranks and each rank trains its share on its own device; see
+:mod:`weightspace.zoo.sharded`. A member's weights do not depend on the number of ranks.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import weightspace
 from weightspace.data.base import SplitDataset
 from weightspace.data.tasks import TaskSpec
 from weightspace.device import resolve_device
+from weightspace.distributed import SINGLE, World
 from weightspace.errors import (
     EmptyZooError,
     InvalidParameterError,
@@ -47,8 +52,10 @@ from weightspace.zoo.folder import (
     ZooWriter,
     clean_stale_tmp,
     member_row,
+    part_files,
     prune_outside,
     recover_zoo,
+    remove_files,
     zoo_lock,
 )
 from weightspace.zoo.plan import ZooPlan, check_members, materialize_tasks, model_ids_of, plan_zoo
@@ -395,10 +402,12 @@ def _rescore(
 def _assemble_index(
     members: Sequence[MemberSpec], reused_rows: pd.DataFrame, new_rows: list[dict]
 ) -> pd.DataFrame:
-    """Reused and new index rows, ordered by member (as listed) then epoch."""
+    """Reused and new index rows, ordered by member (as listed) then epoch; a model listed
+    twice keeps its last (newest) row."""
     index = pd.concat(
         [reused_rows, pd.DataFrame(new_rows, columns=INDEX_COLUMNS)], ignore_index=True
     )
+    index = index.drop_duplicates("model_id", keep="last")
     order = {m.member_id: i for i, m in enumerate(members)}
     index = index.assign(_o=index["member_id"].map(order), _e=index["epoch"]).sort_values(
         ["_o", "_e"]
@@ -412,6 +421,7 @@ def train_zoo(
     previous: Zoo | None = None,
     options: ZooRunOptions | None = None,
     root: str | os.PathLike | None = None,
+    world: World = SINGLE,
 ) -> tuple[Zoo, ZooRunReport]:
     """Train (or reuse) every member and return the zoo with its index.
 
@@ -428,15 +438,26 @@ def train_zoo(
     options : ZooRunOptions, optional
     root : path, optional
         The zoo folder to write through (see the module docstring). Without it the new
-        checkpoints stay in memory until :meth:`Zoo.save`.
+        checkpoints stay in memory until :meth:`Zoo.save`. Required in a sharded run.
+    world : World, optional
+        The processes of a ``torchrun`` launch (:func:`weightspace.distributed.current_world`);
+        when active, every rank calls ``train_zoo`` with the same arguments, trains its
+        share of the members on ``world.device`` (which overrides ``options.device``) and
+        rank 0 merges the index (:mod:`weightspace.zoo.sharded`).
 
     Returns
     -------
     (Zoo, ZooRunReport)
-        With ``root``, the zoo holds the current grid's members, all saved under ``root``.
+        With ``root``, the zoo holds the current grid's members, all saved under ``root``
+        (on every rank of a sharded run; the report counts all ranks' members).
 
     Raises
     ------
+    InvalidParameterError
+        If ``world`` is active and ``root`` is not given.
+    DistributedRunError
+        On the other ranks of a sharded run when one rank fails (or is lost); the
+        failing rank raises its own error.
     ZooLockedError
         If another run is writing ``root``.
     ZooFolderNotWritableError
@@ -449,7 +470,12 @@ def train_zoo(
     """
     options = options or ZooRunOptions()
     check_members(members)
-    device = resolve_device(options.device)
+    if world.active and root is None:
+        raise InvalidParameterError(
+            f"train_zoo: a sharded run ({world.world_size} processes) writes through its zoo "
+            "folder, but root is None; pass root= (a folder every rank can read and write)"
+        )
+    device = world.device if world.active else resolve_device(options.device)
     if root is None:
         return _run(members, datasets, previous, options, device, None)
     root = Path(root)
@@ -462,10 +488,16 @@ def train_zoo(
             f"train_zoo: previous zoo is rooted at {previous.root}, not at root={root}; "
             "pass the zoo of that folder (or none)"
         )
+    if world.active:
+        from weightspace.zoo.sharded import train_zoo_sharded  # imports this module
+
+        return train_zoo_sharded(members, datasets, options, root, world)
     with zoo_lock(root):
         clean_stale_tmp(root)
         wanted = {mid for m in members for mid, _ in model_ids_of(m, options.snapshot_every)}
-        return _run(members, datasets, recover_zoo(root, wanted), options, device, root)
+        parts = part_files(root)  # adopted by recover_zoo, deleted once indexed
+        previous = recover_zoo(root, wanted)
+        return _run(members, datasets, previous, options, device, root, parts)
 
 
 def _run(
@@ -475,8 +507,13 @@ def _run(
     options: ZooRunOptions,
     device: torch.device,
     root: Path | None,
+    consumed_parts: Sequence[Path] = (),
 ) -> tuple[Zoo, ZooRunReport]:
-    """:func:`train_zoo` after the folder is locked and reopened (``root``) or in memory."""
+    """:func:`train_zoo` after the folder is locked and reopened (``root``) or in memory.
+
+    ``consumed_parts``: part files :func:`recover_zoo` read, deleted once the index that
+    includes their rows is written.
+    """
     plan = plan_zoo(
         members,
         datasets,
@@ -492,6 +529,7 @@ def _run(
         reused_rows = _rescore(reused_rows, previous, members, datasets, device, options.max_stack)
         writer = ZooWriter(root, reused_rows)
         writer.write_index(reused_rows)
+        remove_files(consumed_parts)
     trained = _train_stacks(plan, options, device, writer)
     index = _assemble_index(members, reused_rows, trained.rows)
     if len(index) == 0:

@@ -8,6 +8,13 @@ temporary files a killed save left behind (:func:`clean_stale_tmp`), reopens the
 checkpoints, which carry their member in their metadata; checkpoints written after the
 last index write are adopted) and writes every stack as soon as it is trained
 (:class:`ZooWriter`). A kill therefore loses at most the stack in flight.
+
+A sharded run (:mod:`weightspace.zoo.sharded`) does not let its ranks write the index:
+each rank writes a stack's checkpoints, then that stack's index rows to a part file
+``root/parts/<stack_id>.parquet`` (:func:`write_part`), and rank 0 merges them at the end.
+Part files a killed run left behind are adopted by :func:`recover_zoo` (rows whose
+checkpoint exists and matches their sha256 keep their metrics), whatever the number of
+processes of the next run.
 """
 
 from __future__ import annotations
@@ -50,18 +57,28 @@ from weightspace.zoo.zoo import (
 
 __all__ = [
     "LOCK_FILE",
+    "PARTS_DIR",
+    "WORLD_TOKEN_PREFIX",
     "ZooFolderNotWritableError",
     "ZooLockedError",
     "ZooWriter",
     "clean_stale_tmp",
+    "part_files",
     "prune_outside",
     "recover_zoo",
+    "remove_files",
+    "write_checkpoints",
+    "write_part",
     "zoo_lock",
 ]
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+#: Folder of the per-stack index rows of a sharded run (merged into the index by rank 0).
+PARTS_DIR = "parts"
+#: Prefix of the file rank 0 of a sharded run writes to check every rank sees the folder.
+WORLD_TOKEN_PREFIX = ".world-"
 METRIC_COLUMNS = [c for c in INDEX_COLUMNS if c.endswith(("_accuracy", "_nll", "_ece"))]
 
 
@@ -129,12 +146,20 @@ def zoo_lock(root: str | os.PathLike) -> Iterator[Path]:
 
 
 def clean_stale_tmp(root: str | os.PathLike) -> list[Path]:
-    """Remove temporary files (``.*.tmp``) a killed save left in the zoo folder.
+    """Remove temporary files (``.*.tmp``) a killed save left in the zoo folder (and in
+    ``checkpoints/`` and ``parts/``), and the shared-folder tokens of killed sharded runs.
 
     Call only while holding :func:`zoo_lock` (a live writer's files look the same).
     """
     root = Path(root)
-    stale = sorted([*root.glob(".*.tmp"), *(root / CHECKPOINT_DIR).glob(".*.tmp")])
+    stale = sorted(
+        [
+            *root.glob(".*.tmp"),
+            *(root / CHECKPOINT_DIR).glob(".*.tmp"),
+            *(root / PARTS_DIR).glob(".*.tmp"),
+            *root.glob(f"{WORLD_TOKEN_PREFIX}*"),
+        ]
+    )
     for f in stale:
         f.unlink(missing_ok=True)
     if stale:
@@ -247,15 +272,103 @@ def _read_index(root: Path) -> pd.DataFrame | None:
         return None
 
 
+def part_files(root: str | os.PathLike) -> list[Path]:
+    """The part files (``parts/*.parquet``) of sharded runs in ``root``, sorted by name."""
+    return sorted((Path(root) / PARTS_DIR).glob("*.parquet"))
+
+
+def _read_parts(root: Path) -> list[tuple[Path, pd.DataFrame]]:
+    """Readable part files with every index column, newest first (unreadable: warned)."""
+    out, bad = [], []
+    for f in part_files(root):
+        try:
+            rows = pd.read_parquet(f)
+            mtime = f.stat().st_mtime_ns
+        except Exception as exc:  # any parquet/arrow/OS error: unusable
+            bad.append(f"{f.name} ({type(exc).__name__}: {exc})")
+            continue
+        missing = [c for c in INDEX_COLUMNS if c not in rows.columns]
+        if missing:
+            bad.append(f"{f.name} (lacks columns {missing[:5]})")
+            continue
+        out.append((mtime, f, rows[INDEX_COLUMNS]))
+    if bad:
+        log.warning(
+            "ignored %d unreadable part file(s) of an interrupted sharded zoo run in %s "
+            "(their checkpoints are adopted from their metadata or retrained): %s",
+            len(bad),
+            root / PARTS_DIR,
+            bad[:10],
+        )
+    out.sort(key=lambda t: (t[0], t[1].name), reverse=True)
+    return [(f, rows) for _, f, rows in out]
+
+
+def _adopt_parts(
+    root: Path, index: pd.DataFrame, wanted: Collection[str] | None
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Index rows of the part files whose checkpoint exists and matches their sha256.
+
+    Returns the index without the rows the parts replace (a listed model whose file now
+    matches a newer part row instead of the index) and the adopted rows (with metrics).
+    Among part rows of one model, the newest file's matching row wins.
+    """
+    listed = dict(zip(index["model_id"], index["sha256"], strict=True)) if len(index) else {}
+    candidates: dict[str, list[dict]] = {}
+    for _, rows in _read_parts(root):
+        for row in rows.to_dict("records"):
+            mid = str(row["model_id"])
+            if wanted is None or mid in wanted:
+                candidates.setdefault(mid, []).append(row)
+    adopted, replaced, ignored = [], set(), []
+    for mid, rows in candidates.items():
+        if any(listed.get(mid) == r["sha256"] for r in rows):
+            continue  # already indexed (the part was merged before the run stopped)
+        try:
+            sha = sha256_file(root / checkpoint_relpath(mid))
+        except OSError:
+            ignored.append(f"{mid} (checkpoint missing)")
+            continue
+        match = [r for r in rows if r["sha256"] == sha and r["path"] == checkpoint_relpath(mid)]
+        if not match:
+            ignored.append(f"{mid} (sha256 differs from its checkpoint)")
+            continue
+        adopted.append(match[0])
+        if mid in listed:
+            replaced.add(mid)
+    if ignored:
+        log.warning(
+            "ignored %d row(s) of part files in %s that do not match their checkpoint (the "
+            "checkpoint is adopted from its metadata, or the model retrained): %s",
+            len(ignored),
+            root / PARTS_DIR,
+            ignored[:10],
+        )
+    if adopted:
+        log.warning(
+            "adopted %d model(s) of %s from the part files of an interrupted sharded run: %s",
+            len(adopted),
+            root,
+            [r["model_id"] for r in adopted][:10],
+        )
+    if replaced:
+        index = index[~index["model_id"].isin(replaced)]
+    return index, adopted
+
+
 def recover_zoo(root: str | os.PathLike, wanted: Collection[str] | None = None) -> Zoo:
     """Open the zoo in ``root``, rebuilding what a crash or a deleted index lost.
 
-    The saved index is read when it exists and is readable; checkpoint files it does not
-    list (written after the last index write, or all of them when the index is gone) are
-    adopted from their metadata when their model id is in ``wanted`` (every file when
-    ``None``). Adopted rows have NaN metrics (``train_zoo`` re-scores them). Files that
-    cannot be parsed, hold NaN/inf or carry another model's metadata are skipped with a
-    warning (they stay on disk; a member needing them is retrained).
+    The saved index is read when it exists and is readable. Rows of the part files that
+    sharded runs left in ``root/parts/`` (:func:`write_part`) are adopted next, with their
+    metrics, when their model is not listed, their checkpoint exists and its sha256 matches
+    (unreadable or mismatching rows are ignored with a warning). Checkpoint files listed by
+    neither (written after the last index write, or all of them when the index is gone) are
+    adopted from their metadata. Only model ids in ``wanted`` are adopted (every one when
+    ``None``). Rows adopted from metadata have NaN metrics (``train_zoo`` re-scores them).
+    Files that cannot be parsed, hold NaN/inf or carry another model's metadata are
+    skipped with a warning (they stay on disk; a member needing them is retrained). Part
+    files are only read: the caller deletes them once an index including them is written.
 
     Parameters
     ----------
@@ -276,7 +389,9 @@ def recover_zoo(root: str | os.PathLike, wanted: Collection[str] | None = None) 
         lost = True
     else:
         lost = False
+    index, from_parts = _adopt_parts(root, index, wanted)
     listed = set(index["model_id"]) if "model_id" in index.columns else set()
+    listed |= {r["model_id"] for r in from_parts}
     files = sorted((root / CHECKPOINT_DIR).glob("*.safetensors"))
     todo = [f for f in files if f.stem not in listed and (wanted is None or f.stem in wanted)]
     rows, skipped = [], []
@@ -289,7 +404,7 @@ def recover_zoo(root: str | os.PathLike, wanted: Collection[str] | None = None) 
         log.warning(
             "zoo index %s is missing: rebuilt %d row(s) from the checkpoints in %s",
             root / INDEX_FILE,
-            len(rows),
+            len(rows) + len(from_parts),
             root / CHECKPOINT_DIR,
         )
     elif rows:
@@ -302,8 +417,9 @@ def recover_zoo(root: str | os.PathLike, wanted: Collection[str] | None = None) 
         )
     if skipped:
         log.warning("skipped %d unusable checkpoint file(s): %s", len(skipped), skipped[:10])
-    if rows:
-        index = pd.concat([index, pd.DataFrame(rows, columns=INDEX_COLUMNS)], ignore_index=True)
+    if from_parts or rows:
+        new = pd.DataFrame(from_parts + rows, columns=INDEX_COLUMNS)
+        index = pd.concat([index, new], ignore_index=True)
     return Zoo(index, root=root)
 
 
@@ -313,6 +429,45 @@ def recover_zoo(root: str | os.PathLike, wanted: Collection[str] | None = None) 
 def _write_index(root: Path, index: pd.DataFrame) -> None:
     with atomic_path(root / INDEX_FILE) as tmp:
         index.to_parquet(tmp, index=False)
+
+
+def write_checkpoints(
+    root: str | os.PathLike,
+    rows: Iterable[dict],
+    tensors: Mapping[str, Mapping[str, torch.Tensor]],
+) -> list[dict]:
+    """Write the checkpoint of every row (state in ``tensors``) atomically under ``root``.
+
+    Returns the rows with ``path`` and ``sha256`` filled in.
+    """
+    root = Path(root)
+    out = []
+    for row in rows:
+        mid = row["model_id"]
+        row = {**row, "path": checkpoint_relpath(mid)}
+        meta = {"model_id": mid, "member": _member_json(pd.Series(row)), "epoch": row["epoch"]}
+        arch = ArchSpec.from_dict(json.loads(row["arch_key"]))
+        row["sha256"] = checkpoint.write(root / row["path"], tensors[mid], arch, meta)
+        out.append(row)
+    return out
+
+
+def write_part(root: str | os.PathLike, rows: list[dict]) -> Path:
+    """Write the index rows of one stack (checkpoints already written) to
+    ``root/parts/<stack_id>.parquet``, atomically; returns the file's path."""
+    stack_ids = {str(r["stack_id"]) for r in rows}
+    if len(stack_ids) != 1 or not next(iter(stack_ids)):
+        raise ValueError(f"a part file holds the rows of one stack, got stack ids {stack_ids}")
+    path = Path(root) / PARTS_DIR / f"{stack_ids.pop()}.parquet"
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=INDEX_COLUMNS).to_parquet(tmp, index=False)
+    return path
+
+
+def remove_files(paths: Iterable[Path]) -> None:
+    """Delete files (consumed part files) that may already be gone."""
+    for p in paths:
+        p.unlink(missing_ok=True)
 
 
 class ZooWriter:
@@ -337,14 +492,7 @@ class ZooWriter:
 
         Returns the rows with their ``sha256`` filled in.
         """
-        out = []
-        for row in rows:
-            mid = row["model_id"]
-            row = {**row, "path": checkpoint_relpath(mid)}
-            meta = {"model_id": mid, "member": _member_json(pd.Series(row)), "epoch": row["epoch"]}
-            arch = ArchSpec.from_dict(json.loads(row["arch_key"]))
-            row["sha256"] = checkpoint.write(self.root / row["path"], tensors[mid], arch, meta)
-            out.append(row)
+        out = write_checkpoints(self.root, rows, tensors)
         if out:
             new = pd.DataFrame(out, columns=INDEX_COLUMNS)
             keep = self.index[~self.index["model_id"].isin(new["model_id"])]

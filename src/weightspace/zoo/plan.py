@@ -29,12 +29,16 @@ from weightspace.zoo.spec import MemberSpec
 from weightspace.zoo.zoo import INDEX_COLUMNS, Zoo
 
 __all__ = [
+    "TaskShape",
     "ZooPlan",
     "check_members",
     "materialize_tasks",
     "model_ids_of",
     "plan_zoo",
     "reusable_members",
+    "stack_groups",
+    "task_shapes",
+    "total_steps",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,11 +153,37 @@ def check_members(members: Sequence[MemberSpec]) -> None:
         raise InvalidParameterError("the zoo grid lists the same member twice; remove duplicates")
 
 
-def _group_stacks(
-    todo: Sequence[MemberSpec], tasks: Mapping[TaskSpec, SplitDataset], max_stack: int
+@dataclass(frozen=True)
+class TaskShape:
+    """What stacking needs of a task: its input shape and number of classes."""
+
+    input_shape: tuple[int, ...]
+    n_classes: int
+
+
+def task_shapes(
+    members: Sequence[MemberSpec], datasets: Mapping[str, SplitDataset]
+) -> dict[TaskSpec, TaskShape]:
+    """Input shape and class count of every distinct task of the members.
+
+    Each task is materialised in turn and dropped, so only one is in memory at a time.
+    """
+    out: dict[TaskSpec, TaskShape] = {}
+    for m in members:
+        if m.task not in out:
+            ds = materialize_tasks([m], datasets)[m.task]
+            out[m.task] = TaskShape(tuple(ds.input_shape), int(ds.n_classes))
+    return out
+
+
+def stack_groups(
+    todo: Sequence[MemberSpec], tasks: Mapping[TaskSpec, SplitDataset | TaskShape]
 ) -> list[tuple[ArchSpec, list[MemberSpec]]]:
-    """Members that can train together (same architecture and stack key), in chunks of
-    at most ``max_stack``, in order of first appearance."""
+    """Members that can train together (same architecture and stack key), in order of
+    first appearance, each group in grid order (not split by ``max_stack``).
+
+    ``tasks`` maps each member's task to its dataset or :class:`TaskShape`.
+    """
     groups: dict[tuple, list[MemberSpec]] = defaultdict(list)
     archs: dict[tuple, ArchSpec] = {}
     for m in todo:
@@ -162,11 +192,32 @@ def _group_stacks(
         key = (arch.key, *m.stack_key())
         groups[key].append(m)
         archs[key] = arch
+    return [(archs[key], group) for key, group in groups.items()]
+
+
+def _group_stacks(
+    todo: Sequence[MemberSpec], tasks: Mapping[TaskSpec, SplitDataset], max_stack: int
+) -> list[tuple[ArchSpec, list[MemberSpec]]]:
+    """Members that can train together (same architecture and stack key), in chunks of
+    at most ``max_stack``, in order of first appearance."""
     return [
-        (archs[key], group[i : i + max_stack])
-        for key, group in groups.items()
+        (arch, group[i : i + max_stack])
+        for arch, group in stack_groups(todo, tasks)
         for i in range(0, len(group), max_stack)
     ]
+
+
+def total_steps(
+    stacks: Sequence[tuple[ArchSpec, Sequence[MemberSpec]]],
+    tasks: Mapping[TaskSpec, SplitDataset],
+) -> int:
+    """Optimiser steps of all stacks (a progress bar's total)."""
+    steps = 0
+    for _arch, chunk in stacks:
+        n_max = max(len(tasks[m.task].train) for m in chunk)
+        steps_per_epoch = math.ceil(n_max / chunk[0].train.batch_size)
+        steps += steps_per_epoch * max(m.train.epochs for m in chunk)
+    return steps
 
 
 def plan_zoo(
@@ -199,9 +250,4 @@ def plan_zoo(
     todo = [m for m in members if m.member_id not in reuse]
     tasks = materialize_tasks(todo, datasets)
     stacks = _group_stacks(todo, tasks, max_stack)
-    total_steps = 0
-    for _arch, chunk in stacks:
-        n_max = max(len(tasks[m.task].train) for m in chunk)
-        steps_per_epoch = math.ceil(n_max / chunk[0].train.batch_size)
-        total_steps += steps_per_epoch * max(m.train.epochs for m in chunk)
-    return ZooPlan(todo, reuse, reused_rows, tasks, stacks, total_steps)
+    return ZooPlan(todo, reuse, reused_rows, tasks, stacks, total_steps(stacks, tasks))
