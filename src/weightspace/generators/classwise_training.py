@@ -15,10 +15,12 @@ import torch
 from tqdm.auto import tqdm
 
 from weightspace.data.features import ClassFeatureBank
+from weightspace.distributed import SINGLE, World
 from weightspace.errors import ShapeError
 from weightspace.generators.alignment import clip_loss
 from weightspace.generators.class_rows import centre_rows, metric_rows, within_class_metric
 from weightspace.generators.classwise import ClassWiseD2NWG
+from weightspace.generators.data_parallel import check_same_data, sync_module
 from weightspace.generators.diffusion_loop import train_diffusion_loop
 from weightspace.generators.training_checkpoint import CheckpointPolicy
 
@@ -176,6 +178,7 @@ def fit_classwise_diffusion(
     seed: int,
     progress: bool = False,
     checkpoint: CheckpointPolicy | None = None,
+    world: World = SINGLE,
 ) -> list[float]:
     """Stage 3: diffusion on residual rows, conditioned per class, encoder frozen.
 
@@ -184,7 +187,8 @@ def fit_classwise_diffusion(
     is the head's centred rows minus that set's anchor, standardized with statistics fitted here
     over all items. Returns the loss of every ``steps // 100``-th step; the EMA weights
     are copied into the denoiser at the end. ``checkpoint``: as
-    :func:`~weightspace.generators.d2nwg.fit_diffusion`.
+    :func:`~weightspace.generators.d2nwg.fit_diffusion`. ``world``: data-parallel, as
+    there.
     """
     _check_rows(rows, task_of_row, bank)
     cfg, dev = model.config, model.metric.device
@@ -194,6 +198,8 @@ def fit_classwise_diffusion(
                "seed": seed, "device": dev.type}  # fmt: skip
         tensors = (rows, task_of_row, bank.feats, bank.counts, *model.state_dict().values())
         ck = checkpoint.open("classwise_diffusion", run, *tensors)
+    sync_module(model, world)
+    check_same_data(world, "class-wise diffusion", rows, task_of_row, bank.feats, bank.counts)
     model.encoder.requires_grad_(False).eval()
     n_tasks = int(task_of_row.max()) + 1
     gen_pool = torch.Generator().manual_seed(seed)
@@ -226,6 +232,7 @@ def fit_classwise_diffusion(
     losses = train_diffusion_loop(
         "classwise diffusion", model.denoiser, model.denoiser, model.diffusion, batch,
         rows.shape[0], p, cfg.diffusion, seed, dev, progress=progress, ck=ck, gen_cpu=gen_pool,
+        world=world,
     )  # fmt: skip
     model.eval()
     return losses
@@ -241,9 +248,12 @@ def fit_classwise(
     align: bool = True,
     progress: bool = False,
     checkpoint: CheckpointPolicy | None = None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """The three stages in order (alignment skipped when ``align`` is false or the model
-    is unconditional): anchor report, alignment losses, diffusion losses."""
+    is unconditional): anchor report, alignment losses, diffusion losses. ``world``: the
+    diffusion stage runs data-parallel over it (the cheap anchor and alignment stages run
+    on every rank alike, then rank 0's weights are copied to the others)."""
     report = fit_anchor(model, bank, task_of_row, rows, task_classes)
     align_losses: list[float] = []
     if align and model.config.conditional:
@@ -251,8 +261,9 @@ def fit_classwise(
             model, bank, task_of_row, rows, task_classes, seed, progress=progress
         )
     losses = fit_classwise_diffusion(
-        model, bank, task_of_row, rows, seed, progress=progress, checkpoint=checkpoint
-    )
+        model, bank, task_of_row, rows, seed, progress=progress, checkpoint=checkpoint,
+        world=world,
+    )  # fmt: skip
     return {"anchor": report, "align_losses": align_losses, "diffusion_losses": losses}
 
 

@@ -34,6 +34,7 @@ from torch import nn
 from weightspace.checks import positive_number
 from weightspace.config import from_mapping, to_mapping
 from weightspace.data.features import ClassFeatureBank
+from weightspace.distributed import SINGLE, World
 from weightspace.errors import (
     CheckpointMismatchError,
     GateError,
@@ -41,6 +42,7 @@ from weightspace.errors import (
     ShapeError,
 )
 from weightspace.generators.alignment import AlignmentHead, align_encoder
+from weightspace.generators.data_parallel import check_same_data, sync_module
 from weightspace.generators.dataset_encoder import DatasetEncoderConfig, SetDatasetEncoder
 from weightspace.generators.denoiser import ChunkDenoiser, ChunkDenoiserConfig
 from weightspace.generators.diffusion import GaussianDiffusion
@@ -336,16 +338,18 @@ def fit_vae(
     seed: int,
     progress: bool = False,
     checkpoint: CheckpointPolicy | None = None,
+    world: World = SINGLE,
 ) -> list[float]:
     """Stage 1: train the VAE on normalized chunks ``(N, M, c)``, then fit its latent scale.
 
-    ``checkpoint``: periodic checkpoints and resumption (see :func:`train_vae`).
+    ``checkpoint``: periodic checkpoints and resumption; ``world``: data-parallel over
+    several processes (see :func:`train_vae`).
     """
     cfg = model.config.vae_training
     losses = train_vae(
         model.vae, chunks, model.layout.mask.to(chunks.device), cfg.epochs,
         cfg.batch_size, cfg.lr, seed, noise_augment=cfg.noise_augment, progress=progress,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, world=world,
     )  # fmt: skip
     model.vae.fit_latent_scale(chunks)
     model.vae.requires_grad_(False)
@@ -411,6 +415,7 @@ def fit_diffusion(
     seed: int,
     progress: bool = False,
     checkpoint: CheckpointPolicy | None = None,
+    world: World = SINGLE,
 ) -> list[float]:
     """Stage 3: latent diffusion with the frozen encoder + a trained linear adapter.
 
@@ -423,6 +428,11 @@ def fit_diffusion(
     at the start of the stage; a rerun resumes from the newest valid checkpoint and ends
     with the same weights as an uninterrupted run. SIGINT stops after the current step,
     having written a checkpoint.
+
+    ``world``: train data-parallel over several processes (``torchrun``); every rank
+    passes the same data, rank 0's generator weights are copied to the others first, and
+    the result equals a single-process run with the same global batch up to float noise
+    (:mod:`weightspace.generators.diffusion_loop`).
     """
     cfg, device = model.config, chunks.device
     ck = None
@@ -434,6 +444,8 @@ def fit_diffusion(
         }
         tensors = (chunks, task_of_row, bank.feats, bank.counts, *model.state_dict().values())
         ck = checkpoint.open("diffusion", run, *tensors)
+    sync_module(model, world)
+    check_same_data(world, "d2nwg diffusion", chunks, task_of_row, bank.feats, bank.counts)
     model.encoder.requires_grad_(False).eval()
     model.vae.eval()
     trainable = nn.ModuleDict({"denoiser": model.denoiser, "adapter": model.cond_adapter})
@@ -457,7 +469,7 @@ def fit_diffusion(
     losses = train_diffusion_loop(
         "diffusion", trainable, model.denoiser, model.diffusion, batch, chunks.shape[0],
         cfg.sets_per_task, cfg.diffusion, seed, device, progress=progress, ck=ck,
-        gen_cpu=gen_pool,
+        gen_cpu=gen_pool, world=world,
     )  # fmt: skip
     model.eval()
     return losses

@@ -25,6 +25,7 @@ from torch import nn
 
 from weightspace.data.base import SplitDataset
 from weightspace.data.features import ClassFeatureBank
+from weightspace.distributed import SINGLE, World
 from weightspace.errors import EmptyZooError
 from weightspace.generators.d2nwg import D2NWG, check_vae_gate, fit_vae, reconstruct
 from weightspace.generators.training_checkpoint import CheckpointPolicy
@@ -123,15 +124,18 @@ def fit_vae_gated(
     seed: int,
     progress: bool,
     checkpoint: CheckpointPolicy | None = None,
+    world: World = SINGLE,
 ) -> VAEGateReport:
     """Stage 1 + the VAE gate (:func:`check_vae_gate` raises below ``gate``).
 
-    ``checkpoint``: the VAE's periodic checkpoints (a rerun resumes; see
-    :func:`~weightspace.generators.vae.train_vae`).
+    ``checkpoint``: the VAE's periodic checkpoints (a rerun resumes); ``world``: train
+    data-parallel (see :func:`~weightspace.generators.vae.train_vae`).
     """
     device = next(model.parameters()).device
     ws = weights.weight_set
-    losses = fit_vae(model, ws.chunks.to(device), seed, progress=progress, checkpoint=checkpoint)
+    losses = fit_vae(
+        model, ws.chunks.to(device), seed, progress=progress, checkpoint=checkpoint, world=world
+    )
     recon = ws.decode(reconstruct(model, ws.chunks.to(device)).cpu())
     test = tasks.test_stack()
     acc_rec = stack_accuracy(weights.template, recon, weights.task_of_row, test)

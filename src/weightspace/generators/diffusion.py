@@ -188,6 +188,7 @@ class GaussianDiffusion:
         cond: torch.Tensor | None = None,
         p_uncond: float = 0.0,
         generator: torch.Generator | None = None,
+        rows: slice | None = None,
     ) -> torch.Tensor:
         """The simple DDPM loss (Ho et al. eq. 14), mean over batch and elements.
 
@@ -204,12 +205,18 @@ class GaussianDiffusion:
             probability (Ho & Salimans, 2022). Ignored when ``cond is None``.
         generator : torch.Generator, optional
             On ``x0``'s device; drives ``t``, the noise and the dropout mask.
+        rows : slice, optional
+            Run the model on these rows of the batch only (one data-parallel rank's
+            share). ``t``, the noise and the mask are still drawn for all ``B`` rows, so
+            every rank draws exactly what one process would; the result is the squared
+            error summed over these rows divided by the element count of the *whole*
+            batch, so the ranks' results add up to the full batch's mean.
 
         Returns
         -------
         Tensor, scalar
             ``mean ||target - model(x_t, t, cond, drop)||^2`` with target ``eps`` (or
-            ``x0`` for ``prediction="x0"``).
+            ``x0`` for ``prediction="x0"``); with ``rows``, that shard's share of it.
         """
         b = x0.shape[0]
         if not 0.0 <= p_uncond <= 1.0:
@@ -224,9 +231,15 @@ class GaussianDiffusion:
         if cond is not None and p_uncond > 0:
             u = torch.rand(b, device=x0.device, generator=generator)
             drop = u < p_uncond
-        out = model(x_t, t, cond, drop)
         target = noise if self.prediction == "eps" else x0
-        return torch.mean((out - target) ** 2)
+        if rows is None:
+            return torch.mean((model(x_t, t, cond, drop) - target) ** 2)
+        if rows.step not in (None, 1) or not 0 <= (rows.start or 0) <= (rows.stop or b) <= b:
+            raise InvalidParameterError(f"rows must be a contiguous slice of 0..{b}, got {rows}")
+        cond_r = None if cond is None else cond[rows]
+        drop_r = None if drop is None else drop[rows]
+        out = model(x_t[rows], t[rows], cond_r, drop_r)
+        return torch.sum((out - target[rows]) ** 2) / target.numel()
 
     # ---------------------------------------------------------------- sampling
     def _start(self, shape, cond, noise, device, generator) -> torch.Tensor:

@@ -15,6 +15,13 @@ rows) differ only in how a batch is made; this module holds the loop once:
 * periodic, atomic checkpoints of the whole state and resumption (an interrupted run
   ends with the same weights as an uninterrupted one), Ctrl-C honoured after a step;
 * at the end the EMA weights are copied into the trained modules.
+
+With a :class:`~weightspace.distributed.World` of several processes (``torchrun``), the
+loop is data-parallel (:mod:`weightspace.generators.data_parallel`): every rank draws the
+same global batch and the same noise, runs the denoiser on its share of the rows under
+``DistributedDataParallel``, and follows the single-process run with the same global
+batch up to float noise. Rank 0 alone writes checkpoints; a resumed run reads them on
+rank 0 and broadcasts the state. EMA weights are kept on every rank (they are identical).
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from weightspace.distributed import SINGLE, World, shard_slice
+from weightspace.generators.data_parallel import (
+    check_batch,
+    cpu_state,
+    data_parallel,
+    global_sum,
+)
 from weightspace.generators.diffusion import GaussianDiffusion
 from weightspace.generators.ema import EMA
 from weightspace.generators.training_checkpoint import (
@@ -61,6 +75,7 @@ def train_diffusion_loop(
     progress: bool = False,
     ck: TrainingCheckpoints | None = None,
     gen_cpu: torch.Generator | None = None,
+    world: World = SINGLE,
 ) -> list[float]:
     """Train ``trainable`` (which holds ``denoiser``) for ``training.steps`` steps.
 
@@ -88,6 +103,9 @@ def train_diffusion_loop(
     gen_cpu : torch.Generator, optional
         The CPU generator to continue (e.g. one that already drew the conditioning sets);
         default: a new one seeded with ``seed``.
+    world : World, optional
+        Train data-parallel over these processes (see the module docstring); ``ck`` is
+        used on rank 0 only (pass it on every rank; the others ignore it).
 
     Returns
     -------
@@ -95,13 +113,17 @@ def train_diffusion_loop(
         The loss of every ``steps // 100``-th step (resumed runs include earlier ones).
     """
     trainable.train()
+    b = min(training.batch_size, n_rows)
+    check_batch(b, world, f"d2nwg {stage}")
+    rows_of_rank = shard_slice(b, world)
+    ck = ck if world.is_main else None
     opt = torch.optim.AdamW(trainable.parameters(), lr=training.lr, weight_decay=0.0)
     ema = EMA(trainable, decay=training.ema_decay)
     gen_cpu = torch.Generator().manual_seed(seed) if gen_cpu is None else gen_cpu
     gen_dev = torch.Generator(device=device).manual_seed(seed)
     losses: list[float] = []
     start = 0
-    found = None if ck is None else ck.load_latest()
+    found = world.broadcast(cpu_state(None if ck is None else ck.load_latest()))
     if found is not None:
         start, state = found
         trainable.load_state_dict(state["model"])
@@ -109,36 +131,57 @@ def train_diffusion_loop(
         opt.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"], gen_cpu, gen_dev, device=device)
         losses = losses_list(state["losses"])
-        log.info(stage + ": resuming from step %d of %d in %s", start, training.steps, ck.folder)
+        log.info(stage + ": resuming from step %d of %d", start, training.steps)
+
+    def step_loss(rows: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        x0, cond = batch(rows, pick, gen_dev)
+        if not world.active:
+            return diffusion.training_loss(
+                denoiser, x0, cond=cond, p_uncond=training.p_uncond, generator=gen_dev
+            )
+        part = diffusion.training_loss(
+            denoiser, x0, cond=cond, p_uncond=training.p_uncond, generator=gen_dev,
+            rows=rows_of_rank,
+        )  # fmt: skip
+        return part * world.world_size  # DDP averages the ranks' gradients
+
+    step_module = data_parallel(trainable, step_loss, world)
     bar = tqdm(
         range(start, training.steps), initial=start, total=training.steps, desc=f"d2nwg {stage}",
-        disable=not progress, mininterval=2,
+        disable=not progress or not world.is_main, mininterval=2,
     )  # fmt: skip
     with stop_on_sigint() as stop:
         for step in bar:
-            rows = torch.randint(0, n_rows, (min(training.batch_size, n_rows),), generator=gen_cpu)
+            rows = torch.randint(0, n_rows, (b,), generator=gen_cpu)
             pick = torch.randint(0, n_sets, rows.shape, generator=gen_cpu)
-            x0, cond = batch(rows, pick, gen_dev)
-            loss = diffusion.training_loss(
-                denoiser, x0, cond=cond, p_uncond=training.p_uncond, generator=gen_dev
-            )
+            loss = step_module(rows, pick)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             ema.update(trainable)
             if step % max(training.steps // 100, 1) == 0:
-                losses.append(float(loss.detach()))
+                losses.append(global_sum(loss, world) / world.world_size)
             done, last = step + 1, step + 1 == training.steps
-            if ck is not None and (last or stop.requested or ck.due(done)):
+            requested = _stop_requested(stop.requested, done, world)
+            if ck is not None and (last or requested or ck.due(done)):
                 ck.save(done, {
                     "step": done, "model": trainable.state_dict(), "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(), "losses": losses_tensor(losses),
                     "rng": get_rng_states(gen_cpu, gen_dev, device=device),
                 })  # fmt: skip
-            if stop.requested and not last:
+            if requested and not last:
+                world.barrier()  # rank 0's checkpoint is written before anyone stops
                 raise interrupted(stage, done, ck)
     ema.copy_to(trainable)
     return losses
+
+
+def _stop_requested(requested: bool, step: int, world: World, every: int = 50) -> bool:
+    """Ctrl-C on any rank stops every rank at the same step (checked every ``every``
+    steps in a data-parallel run, so that the check costs one small collective)."""
+    if not world.active:
+        return requested
+    return world.any(requested) if step % every == 0 else False
 
 
 __all__ = ["BatchFn", "train_diffusion_loop"]

@@ -33,11 +33,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from weightspace.distributed import SINGLE, World, shard_slice
 from weightspace.errors import (
     EmptyZooError,
     InvalidParameterError,
     NonFiniteWeightsError,
     ShapeError,
+)
+from weightspace.generators.data_parallel import (
+    check_batch,
+    check_same_data,
+    cpu_state,
+    data_parallel,
+    global_sum,
 )
 from weightspace.generators.training_checkpoint import (
     CheckpointPolicy,
@@ -267,6 +275,7 @@ class ChunkVAE(nn.Module):
         mask: torch.Tensor,
         generator: torch.Generator | None = None,
         noise_augment: float = 0.0,
+        rows: slice | None = None,
     ) -> dict[str, torch.Tensor]:
         """beta-VAE loss on chunks (B, M, c) with padding mask (M, c).
 
@@ -274,6 +283,9 @@ class ChunkVAE(nn.Module):
         ``noise_augment > 0`` adds Gaussian noise of that std to the real entries of the
         *input* while the target stays clean (p-diff's input noise augmentation).
         ``generator`` drives the reparameterisation and augmentation noise.
+        ``rows``: encode and decode only these rows (one data-parallel rank's share); the
+        noise is still drawn for all ``B`` rows, in the same order, and each term is this
+        share's part of the full batch's mean (the shares add up to the full loss).
 
         Returns
         -------
@@ -290,10 +302,20 @@ class ChunkVAE(nn.Module):
         if noise_augment > 0:
             noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
             inp = x + noise_augment * noise * mask
-        recon, mu, logvar = self(inp, generator)
-        n_real = mask.sum() * chunks.shape[0]
+        b = chunks.shape[0]
+        if rows is None:
+            recon, mu, logvar = self(inp, generator)
+            share = 1.0
+        else:
+            x, inp = x[rows], inp[rows]
+            mu, logvar = self.encode_params(inp)
+            eps_shape = (b, *mu.shape[1:])
+            eps = torch.randn(eps_shape, device=mu.device, dtype=mu.dtype, generator=generator)
+            recon = self.decode(mu + torch.exp(0.5 * logvar) * eps[rows])
+            share = x.shape[0] / b
+        n_real = mask.sum() * b
         rec = ((recon - x).pow(2) * mask).sum() / n_real
-        kl = gaussian_kl(mu, logvar)
+        kl = gaussian_kl(mu, logvar) * share
         return {"loss": rec + self.config.beta * kl, "recon": rec, "kl": kl}
 
     # ---------------------------------------------------------------- latent scale
@@ -344,6 +366,7 @@ def train_vae(
     noise_augment: float = 0.0,
     progress: bool = False,
     checkpoint: CheckpointPolicy | None = None,
+    world: World = SINGLE,
 ) -> list[float]:
     """Train ``vae`` in place with AdamW on a zoo's chunks.
 
@@ -371,6 +394,12 @@ def train_vae(
         steps is reached, and at the end; a rerun with the same settings, data and initial
         weights resumes from the newest valid checkpoint and ends with the same weights as
         an uninterrupted run. SIGINT stops after the current epoch, having written one.
+    world : World, optional
+        Train data-parallel over several processes (``torchrun``): every rank draws the
+        same shuffled global batches and noise and encodes its share of each batch under
+        ``DistributedDataParallel`` (:mod:`weightspace.generators.data_parallel`); the
+        result equals the single-process run up to float noise when ``dropout`` is 0
+        (dropout draws from each rank's global generator). Rank 0 writes checkpoints.
 
     Returns
     -------
@@ -396,11 +425,15 @@ def train_vae(
     dev = vae.latent_scale.device
     data = chunks.to(dev, torch.float32)
     mask = mask.to(dev, torch.bool)
+    check_batch(min(batch_size, n), world, "vae")
+    if n > batch_size and n % batch_size:
+        check_batch(n % batch_size, world, f"vae (the last batch of each epoch: {n} models)")
+    check_same_data(world, "the VAE", data, mask)
     shuffle = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=weight_decay)
     ck = None
-    if checkpoint is not None:
+    if checkpoint is not None and world.is_main:
         run = {
             "config": asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "seed": seed, "weight_decay": weight_decay, "noise_augment": noise_augment,
@@ -409,40 +442,48 @@ def train_vae(
         ck = checkpoint.open("vae", run, data, mask, *vae.state_dict().values())
     losses: list[float] = []
     start = step = 0
-    found = None if ck is None else ck.load_latest()
+    found = world.broadcast(cpu_state(None if ck is None else ck.load_latest()))
     if found is not None:
         step, state = found
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"], shuffle, noise_gen, device=dev)
         losses, start = losses_list(state["losses"]), int(state["epoch"])
-        logger.info("vae: resuming from step %d (epoch %d of %d) in %s", step, start, epochs,
-                    ck.folder)  # fmt: skip
+        logger.info("vae: resuming from step %d (epoch %d of %d)", step, start, epochs)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        rows = shard_slice(idx.numel(), world) if world.active else None
+        loss = vae.loss(data[idx], mask, noise_gen, noise_augment, rows=rows)["loss"]
+        return loss * world.world_size  # DDP averages the ranks' gradients
+
+    step_module = data_parallel(vae, batch_loss, world)
     vae.train()
     per_epoch = math.ceil(n / batch_size)
-    bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress, desc="vae")
+    bar = tqdm(range(start, epochs), initial=start, total=epochs,
+               disable=not progress or not world.is_main, desc="vae")  # fmt: skip
     with stop_on_sigint() as stop:
         for epoch in bar:
             order = torch.randperm(n, generator=shuffle).to(dev)
             total = torch.zeros((), device=dev)
             for idx in order.split(batch_size):
-                x = data[idx]
-                parts = vae.loss(x, mask, noise_gen, noise_augment)
+                loss = step_module(idx)
                 opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
+                loss.backward()
                 opt.step()
-                total += parts["loss"].detach() * idx.numel()
-            losses.append(float(total) / n)
+                total += loss.detach() * idx.numel() / world.world_size
+            losses.append(global_sum(total, world) / n)
             logger.debug("vae epoch %d/%d: loss %.6g", epoch + 1, epochs, losses[-1])
             before, step = step, step + per_epoch
             last = epoch + 1 == epochs
-            if ck is not None and (last or stop.requested or step // ck.every > before // ck.every):
+            requested = world.any(stop.requested)
+            if ck is not None and (last or requested or step // ck.every > before // ck.every):
                 ck.save(step, {
                     "step": step, "epoch": epoch + 1, "model": vae.state_dict(),
                     "optimizer": opt.state_dict(), "losses": losses_tensor(losses),
                     "rng": get_rng_states(shuffle, noise_gen, device=dev),
                 })  # fmt: skip
-            if stop.requested and not last:
+            if requested and not last:
+                world.barrier()  # rank 0's checkpoint is written before anyone stops
                 raise interrupted("vae", step, ck)
     vae.eval()
     logger.info("trained ChunkVAE for %d epochs: loss %.6g -> %.6g", epochs, losses[0], losses[-1])
