@@ -4,6 +4,7 @@ check the report's inputs before a run and record each pipeline's provenance aft
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -13,12 +14,27 @@ import torch
 from kedro.framework.hooks import hook_impl
 
 from weightspace.device import resolve_device
+from weightspace.distributed import DistributedSetupError
 from weightspace.errors import InvalidParameterError
 from weightspace_kedro.datasets.node_timings import record
 from weightspace_kedro.pipelines.report.inputs import check_report_inputs
 from weightspace_kedro.provenance import save_provenance
 
 log = logging.getLogger(__name__)
+
+
+def check_distributed_launch(run_params: dict[str, Any]) -> None:
+    """Under torchrun (``WORLD_SIZE`` > 1) the run must use the distributed runner, or
+    every rank would save every output and train the whole zoo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "DistributedRunner" not in str(
+        run_params.get("runner")
+    ):
+        raise DistributedSetupError(
+            "this run was started by torchrun (WORLD_SIZE="
+            f"{os.environ['WORLD_SIZE']}) with the runner {run_params.get('runner')!r}: "
+            "launch it as `torchrun ... -m weightspace_kedro run ...` (which picks the "
+            "distributed runner) or add --runner=weightspace_kedro.runner.DistributedRunner"
+        )
 
 
 class WeightspaceHooks:
@@ -54,6 +70,7 @@ class WeightspaceHooks:
         16-core CPU: reductions split the same way); log the device in use. A run that
         holds the report's nodes first checks that every method it compares has outputs
         (:func:`~weightspace_kedro.pipelines.report.inputs.check_report_inputs`)."""
+        check_distributed_launch(run_params)
         check_report_inputs(pipeline, catalog, run_params.get("env"))
         seed = self._param(catalog, "seed", 0)
         device = resolve_device(self._param(catalog, "device", "auto"))
@@ -81,7 +98,8 @@ class WeightspaceHooks:
         the run asked for (see :mod:`weightspace_kedro.provenance`)."""
         from kedro.framework.project import pipelines
 
-        save_provenance(run_params, catalog, pipelines)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 records
+            save_provenance(run_params, catalog, pipelines)
 
     @staticmethod
     def _param(catalog: Any, name: str, default: Any) -> Any:

@@ -24,6 +24,7 @@ from weightspace.data.class_pool import (
 )
 from weightspace.data.features import FrozenFeatureExtractor
 from weightspace.device import resolve_device
+from weightspace.distributed import SINGLE
 from weightspace.evaluation import d2nwg_protocol as proto
 from weightspace.evaluation.fewshot import task_datasets
 from weightspace.generators.class_rows import head_names, to_rows
@@ -46,6 +47,7 @@ from weightspace.reporting import d2nwg_report as rep
 from weightspace.zoo import MemberSpec, Zoo
 from weightspace_kedro.pipelines.d2nwg.settings import HeadsSettings
 from weightspace_kedro.pipelines.d2nwg.stages import checkpoint_policy
+from weightspace_kedro.runner import node_world
 from weightspace_kedro.typed import typed_settings
 
 
@@ -125,12 +127,15 @@ def _fit(
     """One class-wise generator on the zoo's heads (``changes``: config overrides;
     ``align=False`` skips stage 2)."""
     align = changes.pop("align", True)
+    world = changes.pop("world", SINGLE)
     cfg = replace(s.classwise.config, **changes)
-    model = ClassWiseD2NWG(cfg, zt.feature_dim, seed=s.seed).to(resolve_device(s.device))
+    device = world.device if world.active else resolve_device(s.device)
+    model = ClassWiseD2NWG(cfg, zt.feature_dim, seed=s.seed).to(device)
     rows = to_rows(weights.stacked, head_names(weights.stacked))
     report = fit_classwise(
         model, zt.bank, weights.task_of_row, rows, torch.tensor([list(c) for c in tasks["zoo"]]),
         s.seed, align=align, progress=s.generator.progress, checkpoint=checkpoint_policy(s),
+        world=world,
     )  # fmt: skip
     return model, report
 
@@ -139,8 +144,9 @@ def fit_classwise_generator(
     weights: ZooWeights, zt: ZooTasks, tasks: dict, s: HeadsSettings
 ) -> tuple[ClassWiseD2NWG, dict[str, Any], dict[str, Any]]:
     """The method: class-wise D2NWG (anchor, aligned encoder, per-class diffusion); its
-    training report and its checkpoint."""
-    model, report = _fit(s, weights, zt, tasks)
+    training report and its checkpoint. Under torchrun its diffusion stage trains
+    data-parallel over the ranks."""
+    model, report = _fit(s, weights, zt, tasks, world=node_world(s.device))
     return model, report, model.to_bundle(weights.weight_set.spec.fingerprint)
 
 

@@ -27,6 +27,7 @@ from kedro.pipeline import Node, Pipeline
 
 from weightspace_kedro.pipelines.d2nwg import heads, networks, stages
 from weightspace_kedro.pipelines.zoo.pipeline import zoo_pipeline
+from weightspace_kedro.runner import DISTRIBUTED
 
 S = "settings"
 
@@ -37,12 +38,12 @@ def _stage_nodes(zoo: str) -> list[Node]:
         Node(stages.vectorize, [f"{zoo}.zoo_models", "zoo_tasks", S], "weights",
              name="vectorize_chunk"),
         Node(stages.fit_weight_vae, ["weights", "zoo_tasks", S], ["vae_stage", "vae_gate"],
-             name="fit_weight_vae"),
+             name="fit_weight_vae", tags=[DISTRIBUTED]),
         Node(stages.align_dataset_encoder, ["vae_stage", "weights", "zoo_tasks", S],
              ["aligned", "align_losses"], name="align_dataset_encoder"),
         Node(stages.train_latent_diffusion, ["aligned", "weights", "zoo_tasks", S],
              ["generator", "diffusion_losses", "generator_checkpoint"],
-             name="train_latent_diffusion"),
+             name="train_latent_diffusion", tags=[DISTRIBUTED]),
     ]  # fmt: skip
 
 
@@ -98,7 +99,7 @@ def heads_pipeline() -> Pipeline:
     evaluate = [
         Node(heads.fit_classwise_generator, ["weights", "zoo_tasks", "tasks", S],
              ["classwise_generator", "classwise_report", "classwise_checkpoint"],
-             name="train_classwise_generator"),
+             name="train_classwise_generator", tags=[DISTRIBUTED]),
         Node(heads.fit_classwise_ablations, ["weights", "zoo_tasks", "tasks", S],
              "classwise_ablations", name="train_classwise_ablations"),
         Node(heads.evaluate,

@@ -11,6 +11,7 @@ from weightspace.errors import InvalidParameterError
 from weightspace.reporting.zoo_plots import zoo_accuracy_figure
 from weightspace.zoo import MemberSpec, Zoo, ZooRunOptions, expand_grid, train_zoo
 from weightspace.zoo.build import materialize_tasks
+from weightspace_kedro.runner import node_world
 
 
 def load_datasets(data: dict[str, Any]) -> dict[str, SplitDataset]:
@@ -52,9 +53,12 @@ def train(
 
     When ``previous`` is rooted in the zoo folder (the catalog's ``zoo_previous``), the
     library writes each stack there as soon as it is trained (locked, resumable); the
-    catalog's save of ``zoo_models`` then has nothing left to write.
+    catalog's save of ``zoo_models`` then has nothing left to write. Under torchrun the
+    members are shared between the ranks (:mod:`weightspace.zoo.sharded`).
     """
-    zoo, report = train_zoo(members, datasets, previous, ZooRunOptions(**run), root=previous.root)
+    options = ZooRunOptions(**run)
+    world = node_world(options.device)
+    zoo, report = train_zoo(members, datasets, previous, options, root=previous.root, world=world)
     return zoo, {
         "n_members": report.n_members,
         "n_trained": report.n_trained,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from kedro.pipeline import Node, Pipeline
 
 from weightspace_kedro.pipelines.zoo import nodes
+from weightspace_kedro.runner import DISTRIBUTED
 
 
 def zoo_pipeline(namespace: str = "zoo", planned: bool = False) -> Pipeline:
@@ -44,6 +45,7 @@ def zoo_pipeline(namespace: str = "zoo", planned: bool = False) -> Pipeline:
                 ["zoo_members", "zoo_datasets", "zoo_previous", "params:run"],
                 ["zoo_models", "zoo_run_report"],
                 name="train_zoo",
+                tags=[DISTRIBUTED],
             ),
             Node(
                 nodes.report,

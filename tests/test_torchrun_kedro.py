@@ -1,0 +1,79 @@
+"""End to end: ``torchrun --nproc_per_node=2 -m weightspace_kedro run --pipelines zoo``.
+
+Two gloo processes on the CPU share the test zoo's members; rank 0 merges the index and
+alone writes the reports. The zoo equals the one a plain ``kedro run`` trains: the MLP
+members bit for bit, the conv members to float noise (a batched convolution's algorithm
+depends on how many members share its stack). A second launch reuses every member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from weightspace.zoo import Zoo
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def project(tmp_path, repo_root) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(repo_root / name, root / name)
+    shutil.copytree(repo_root / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()
+    return root
+
+
+def _run(project: Path, *cmd: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1",
+           "OMP_NUM_THREADS": "1", "WEIGHTSPACE_DIST_TIMEOUT": "120"}  # fmt: skip
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_torchrun_zoo_equals_the_single_process_zoo(project, tmp_path):
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+                "weightspace_kedro", "run", "--env", "test", "--pipelines", "zoo"]  # fmt: skip
+    proc = _run(project, *torchrun)
+    log = proc.stdout + proc.stderr
+    assert "rank 1 of 2: training" in log and "rank 0 of 2: training" in log
+    zoo_dir = project / "data/test/03_primary/zoo"
+    metrics = json.loads((project / "data/test/08_reporting/zoo/metrics.json").read_text())
+    assert metrics["n_models"] == 16 and metrics["run_n_trained"] == 16
+    assert not list(zoo_dir.glob("parts/*")) and not list(zoo_dir.glob(".world-*"))
+    sharded = Zoo.load(zoo_dir)
+    assert sharded.verify() == ([], [])
+    shutil.copytree(zoo_dir, tmp_path / "sharded")
+
+    again = _run(project, *torchrun)
+    metrics = json.loads((project / "data/test/08_reporting/zoo/metrics.json").read_text())
+    assert metrics["run_n_reused"] == 16 and metrics["run_n_trained"] == 0, again.stderr[-2000:]
+
+    shutil.rmtree(project / "data")
+    _run(project, str(BIN / "kedro"), "run", "--env", "test", "--pipelines", "zoo")
+    single, sharded = Zoo.load(zoo_dir), Zoo.load(tmp_path / "sharded")
+    assert single.model_ids == sharded.model_ids
+    for mid in single.model_ids:
+        a, b = single.state(mid), sharded.state(mid)
+        if single.row(mid)["arch"] == "mlp":
+            assert single.row(mid)["sha256"] == sharded.row(mid)["sha256"]
+            assert all(torch.equal(a[k], b[k]) for k in a)
+        else:
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    cols = ["model_id", "test_accuracy", "epoch"]
+    assert single.index[cols].round(6).equals(sharded.index[cols].round(6))
