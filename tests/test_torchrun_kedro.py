@@ -77,3 +77,19 @@ def test_torchrun_zoo_equals_the_single_process_zoo(project, tmp_path):
                 torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
     cols = ["model_id", "test_accuracy", "epoch"]
     assert single.index[cols].round(6).equals(sharded.index[cols].round(6))
+
+
+def test_torchrun_d2nwg_reaches_the_golden_metrics(project):
+    """The whole D2NWG pipeline on 2 ranks (zoos sharded, VAE and diffusion data-parallel,
+    rank 0 evaluates) gives the single-process golden metrics: the generators follow the
+    single-process runs up to float noise, so every metric agrees to 1e-3 (relative)."""
+    proc = _run(project, str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+                "weightspace_kedro", "run", "--env", "test", "--pipelines", "d2nwg")  # fmt: skip
+    assert "rank 1 of 2: 21 shared node(s)" in proc.stdout + proc.stderr
+    metrics = json.loads((project / "data/test/08_reporting/d2nwg/metrics.json").read_text())
+    golden = json.loads((Path(__file__).parent / "pipelines/d2nwg/golden_metrics_test.json")
+                        .read_text())  # fmt: skip
+    assert set(golden) <= set(metrics)
+    far = {k: (v, metrics[k]) for k, v in golden.items() if isinstance(v, (int, float))
+           and abs(metrics[k] - v) > 1e-3 * max(1.0, abs(v))}  # fmt: skip
+    assert not far, far
