@@ -4,7 +4,8 @@
 # train the GPU zoo with Kedro. Results land in $OUT (default: benchmarks/results).
 # Usage there: bash benchmarks/gpu_session.sh     (with .whl carried; see fetch-wheels.sh)
 # Switches: CHECKS=0 skips checks + throughput, SKIP_KEDRO=1 skips the GPU zoo,
-# D2NWG=1 / FUSION=1 / DISTILL=1 / WF=1 / SW=1 add those pipelines' target runs (--env gpu).
+# D2NWG=1 / FUSION=1 / DISTILL=1 / WF=1 / SW=1 add those pipelines' target runs (--env gpu);
+# SCALEOUT=1 the torchrun scale-out benchmark and checks (benchmarks/scaleout.py).
 # The box has no .git: pass WEIGHTSPACE_COMMIT=<sha of a clean checkout> so the result
 # files name the code they came from (benchmarks/pipeline_targets.py: code_version).
 set -euo pipefail
@@ -27,6 +28,32 @@ if [ "${SKIP_KEDRO:-0}" != 1 ]; then
   time python3 -m kedro run --env gpu --pipelines=zoo 2>&1 | grep -vE "step/s\]|^\s+$" | tail -40
   cp "$DATA"/08_reporting/zoo/metrics.json "$OUT/gpu_zoo_metrics.json"
   cp "$DATA"/08_reporting/zoo/accuracy.png "$OUT/gpu_zoo_accuracy.png"
+fi
+if [ "${SCALEOUT:-0}" = 1 ]; then
+  # issue 15: N processes vs 1 (one per GPU, NCCL), the plain-process baseline, the
+  # multi-process CUDA code checked on 2 ranks (gloo; they share the GPU on a 1-GPU box),
+  # the too-many-processes error, and the Kedro runner under torchrun on the GPU
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
+  NPROCS=1; for n in 2 4 8; do if [ "$NGPU" -ge $n ]; then NPROCS="$NPROCS $n"; fi; done
+  time python3 benchmarks/scaleout.py --nprocs $NPROCS --plain --device cuda \
+    --members "${SCALEOUT_MEMBERS:-32768}" --epochs 20 --steps 300 --tag "gpu${TAG:-}"
+  cp benchmarks/results/scaleout_gpu* "$OUT/"
+  WEIGHTSPACE_DIST_BACKEND=gloo timeout 300 python3 -m torch.distributed.run --standalone \
+    --nproc_per_node=2 benchmarks/gpu_distributed_checks.py \
+    --out "$OUT/gpu_distributed_checks${TAG:-}.json" 2>&1 | tail -30 || true
+  timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node=$((NGPU + 1)) \
+    benchmarks/scaleout_worker.py zoo --out /tmp/none.json --members 8 --epochs 1 2>&1 \
+    | grep -m1 -o "DistributedSetupError.*" > "$OUT/too_many_processes${TAG:-}.txt" || true
+  cat "$OUT/too_many_processes${TAG:-}.txt"
+  rm -rf data/test
+  time WEIGHTSPACE_DIST_BACKEND=gloo timeout 400 python3 -m torch.distributed.run \
+    --standalone --nproc_per_node=2 -m weightspace_kedro run --env test --pipelines d2nwg \
+    --params device=cuda > "$OUT/torchrun_d2nwg_test${TAG:-}.log" 2>&1 || true
+  grep -E "rank [01] of 2|Pipeline execution|Error" "$OUT/torchrun_d2nwg_test${TAG:-}.log" \
+    | cut -c1-160 | head -30
+  cp data/test/08_reporting/d2nwg/metrics.json "$OUT/torchrun_d2nwg_test_metrics${TAG:-}.json" \
+    2>/dev/null || true
 fi
 if [ "${D2NWG:-0}" = 1 ]; then
   # one seed per call by default (D2NWG_SEEDS); each seed's wall time is in the result file

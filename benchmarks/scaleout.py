@@ -33,8 +33,11 @@ RESULTS = HERE / "results"
 
 
 def _torchrun(n: int, what: str, extra: list[str], out: Path) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={n}", str(HERE / "scaleout_worker.py"), what, "--out", str(out),
+    """The worker under torchrun with ``n`` processes (``n == 0``: a plain process, no
+    torchrun: the single-process code path, the baseline of the distributed overhead)."""
+    launch = ([] if n == 0 else ["-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={n}"])  # fmt: skip
+    cmd = [sys.executable, *launch, str(HERE / "scaleout_worker.py"), what, "--out", str(out),
            *extra]  # fmt: skip
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # fmt: skip
@@ -53,6 +56,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="also time one plain process (no torchrun): the overhead of N=1",
+    )
     p.add_argument("--tag", default="local")
     args = p.parse_args()
     if 1 not in args.nprocs:
@@ -67,10 +75,12 @@ def main() -> None:
     try:
         for what in args.what:
             rows[what] = []
-            for n in args.nprocs:
+            for n in [*args.nprocs, *([0] if args.plain else [])]:
                 rec = _torchrun(n, what, extra[what], tmp / f"{what}-{n}.json")
+                rec["launch"] = "plain" if n == 0 else "torchrun"
                 rows[what].append(rec)
-                print(f"{what} N={n}: {rec['seconds']:.2f} s on {rec['device']}", flush=True)
+                print(f"{what} N={n or 'plain'}: {rec['seconds']:.2f} s on {rec['device']}",
+                      flush=True)  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for recs in rows.values():
@@ -85,7 +95,8 @@ def main() -> None:
         for r in recs:
             unit = (f"{r['models_per_second']:.0f} models/s" if what == "zoo"
                     else f"{1000 * r['seconds_per_step']:.1f} ms/step")  # fmt: skip
-            print(f"| {what} ({unit}) | {r['ranks']} | {r['device']} | {r['seconds']:.2f} | "
+            n = r["ranks"] if r["launch"] == "torchrun" else "1 (plain)"
+            print(f"| {what} ({unit}) | {n} | {r['device']} | {r['seconds']:.2f} | "
                   f"{r['speedup']:.2f}x | {r['efficiency']:.2f} |")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"scaleout_{args.tag}.json"

@@ -51,6 +51,7 @@ T = TypeVar("T")
 #: Seconds a collective (and the rendezvous) may wait before failing with a clear error.
 DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "WEIGHTSPACE_DIST_TIMEOUT"
+BACKEND_ENV = "WEIGHTSPACE_DIST_BACKEND"
 
 
 class DistributedSetupError(WeightspaceError, RuntimeError):
@@ -206,8 +207,20 @@ def _timeout_s() -> float:
     return value
 
 
+def _backend_override() -> str | None:
+    raw = os.environ.get(BACKEND_ENV)
+    if raw not in (None, "", "gloo", "nccl"):
+        raise DistributedSetupError(f"{BACKEND_ENV}={raw!r}: use gloo or nccl (or unset it)")
+    return raw or None
+
+
 def _pick_device(device: str, local_rank: int, local_world_size: int) -> torch.device:
-    """``cuda:<local_rank>`` (checked against the GPUs present) or ``cpu``."""
+    """``cuda:<local_rank>`` (checked against the GPUs present) or ``cpu``.
+
+    With ``WEIGHTSPACE_DIST_BACKEND=gloo``, ranks may share GPUs (rank ``r`` takes
+    ``cuda:<r mod GPUs>``): a functional check of the multi-process GPU code on a
+    one-GPU machine, not a way to go faster. NCCL needs one GPU per process.
+    """
     want_cuda = device == "cuda" or device.startswith("cuda:")
     if device == "auto":
         want_cuda = torch.cuda.is_available()
@@ -221,6 +234,9 @@ def _pick_device(device: str, local_rank: int, local_world_size: int) -> torch.d
             "cuda:<LOCAL_RANK>; set device: cuda (or auto)"
         )
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus and _backend_override() == "gloo":
+        torch.cuda.set_device(local_rank % n_gpus)
+        return torch.device("cuda", local_rank % n_gpus)
     if local_world_size > n_gpus:
         raise DistributedSetupError(
             f"torchrun started {local_world_size} processes on {socket.gethostname()} "
@@ -265,7 +281,7 @@ def world_from_env(device: str = "auto") -> World:
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     dev = _pick_device(device, local_rank, local_world_size)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
+    backend = _backend_override() or ("nccl" if dev.type == "cuda" else "gloo")
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     timeout = _timeout_s()
     if not dist.is_initialized():
@@ -275,7 +291,7 @@ def world_from_env(device: str = "auto") -> World:
                 rank=rank,
                 world_size=world_size,
                 timeout=datetime.timedelta(seconds=timeout),
-                device_id=dev if dev.type == "cuda" else None,
+                device_id=dev if backend == "nccl" else None,
             )
         except (RuntimeError, ValueError, dist.DistError) as exc:
             raise DistributedSetupError(

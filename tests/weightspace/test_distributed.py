@@ -134,3 +134,18 @@ def test_collectives():
     for status, value in ranks:
         assert status == "ok"
         assert value == ([0, 10], "from 0", True)
+
+
+def test_gloo_ranks_may_share_a_gpu_only_when_asked(clean_env):
+    """WEIGHTSPACE_DIST_BACKEND=gloo lets 2 ranks share 1 GPU (a functional check of the
+    GPU code on a one-GPU box); without it the launch is refused."""
+    clean_env.setattr(torch.cuda, "is_available", lambda: True)
+    clean_env.setattr(torch.cuda, "device_count", lambda: 1)
+    clean_env.setattr(torch.cuda, "set_device", lambda i: None)
+    with pytest.raises(DistributedSetupError, match="only 1 GPU"):
+        distributed._pick_device("cuda", 1, 2)
+    clean_env.setenv("WEIGHTSPACE_DIST_BACKEND", "gloo")
+    assert distributed._pick_device("cuda", 1, 2) == torch.device("cuda", 0)
+    clean_env.setenv("WEIGHTSPACE_DIST_BACKEND", "mpi")
+    with pytest.raises(DistributedSetupError, match="use gloo or nccl"):
+        distributed._pick_device("cuda", 1, 2)
