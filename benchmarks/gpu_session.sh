@@ -37,14 +37,14 @@ if [ "${SCALEOUT:-0}" = 1 ]; then
   NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
   NPROCS=1; for n in 2 4 8; do if [ "$NGPU" -ge $n ]; then NPROCS="$NPROCS $n"; fi; done
   time python3 benchmarks/scaleout.py --nprocs $NPROCS --plain --device cuda \
-    --members "${SCALEOUT_MEMBERS:-32768}" --epochs 20 --steps 300 --tag "gpu${TAG:-}"
+    --members "${SCALEOUT_MEMBERS:-32768}" --epochs 20 --steps 1000 --tag "gpu${TAG:-}"
   cp benchmarks/results/scaleout_gpu* "$OUT/"
   WEIGHTSPACE_DIST_BACKEND=gloo timeout 300 python3 -m torch.distributed.run --standalone \
     --nproc_per_node=2 benchmarks/gpu_distributed_checks.py \
     --out "$OUT/gpu_distributed_checks${TAG:-}.json" 2>&1 | tail -30 || true
   timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node=$((NGPU + 1)) \
     benchmarks/scaleout_worker.py zoo --out /tmp/none.json --members 8 --epochs 1 2>&1 \
-    | grep -m1 -o "DistributedSetupError.*" > "$OUT/too_many_processes${TAG:-}.txt" || true
+    | grep -m1 -o "DistributedSetupError: .*" > "$OUT/too_many_processes${TAG:-}.txt" || true
   cat "$OUT/too_many_processes${TAG:-}.txt"
   rm -rf data/test
   time WEIGHTSPACE_DIST_BACKEND=gloo timeout 400 python3 -m torch.distributed.run \

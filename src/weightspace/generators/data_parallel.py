@@ -64,8 +64,9 @@ def data_parallel(
     module = LossModule(trainable, loss_fn)
     if not world.active:
         return module
-    ids = [world.device] if world.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+    # device_ids=None: DDP must not move the forward's arguments (row indices stay on
+    # the CPU, where the loss functions index CPU tensors with them)
+    return DistributedDataParallel(module, device_ids=None)
 
 
 def check_batch(batch_size: int, world: World, what: str) -> None:
