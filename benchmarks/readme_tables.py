@@ -273,6 +273,49 @@ def d2nwg_block() -> str:
     return "\n\n".join(parts)
 
 
+def scaleout_block() -> str:
+    """Zoo throughput and diffusion step time on N processes vs 1 (``benchmarks/scaleout.py``)
+    and the multi-process CUDA checks (``benchmarks/gpu_distributed_checks.py``)."""
+    lines = [
+        "| machine | measurement | processes | time | rate | speed-up vs N=1 (efficiency) "
+        "| results |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stem in ("scaleout_cpu", "scaleout_gpu_h200"):
+        data = json.loads((RESULTS / f"{stem}.json").read_text())
+        where = f"`benchmarks/results/{stem}.json` ({_commit(data['code_version'])})"
+        for what, recs in data["results"].items():
+            for r in recs:
+                machine = "CPU, 2 cores (gloo)" if r["device"] == "cpu" else r["device"]
+                if what == "zoo":
+                    job = f"zoo: {r['members']:,} MLPs 64-32-10, {r['epochs']} epochs"
+                    rate = f"{r['models_per_second']:,.0f} models/s"
+                else:
+                    job = (f"D2NWG diffusion: {r['steps']} steps, batch {r['batch_size']}, "
+                           f"latents {r['latent_shape'][0]}x{r['latent_shape'][1]}")  # fmt: skip
+                    rate = f"{1000 * r['seconds_per_step']:.1f} ms/step"
+                n = f"{r['ranks']} (torchrun)" if r["launch"] == "torchrun" else "1 (plain)"
+                lines.append(
+                    f"| {machine} | {job} | {n} | {r['seconds']:.1f} s | {rate} | "
+                    f"{r['speedup']:.2f}x ({r['efficiency']:.2f}) | {where} |"
+                )
+    checks = json.loads((RESULTS / "gpu_distributed_checks_h200.json").read_text())
+    zoo = ", ".join(
+        f"{arch} {c['bitwise_equal_share']:.0%} bitwise equal (max diff {c['max_abs_diff']:.1g})"
+        for arch, c in checks["zoo"].items()
+    )
+    lines += [
+        "",
+        f"Multi-process CUDA checks on the {checks['device']} ({checks['ranks']} ranks, "
+        f"{checks['backend']}, sharing {checks['gpus']} GPU; "
+        "`benchmarks/results/gpu_distributed_checks_h200.json`, commit recorded in the "
+        f"scale-out file above): sharded zoo vs one process: {zoo}; DDP diffusion vs one "
+        f"process, 10 steps: max diff {checks['diffusion']['max_abs_diff']:.1e} "
+        f"(target 1e-5: {'met' if checks['diffusion']['within_1e-5'] else 'missed'}).",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "reliability": reliability_block,
     "report": report_block,
@@ -284,6 +327,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
         (Run("weightformer_base"), Run("weightformer_gpu_h200")), ["Table 1", "Table 4"]
     ),
     "superweights": superweights_block,
+    "scaleout": scaleout_block,
 }
 """Every README block, by method: the function that writes it."""
 
