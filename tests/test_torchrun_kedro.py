@@ -93,3 +93,24 @@ def test_torchrun_d2nwg_reaches_the_golden_metrics(project):
     far = {k: (v, metrics[k]) for k, v in golden.items() if isinstance(v, (int, float))
            and abs(metrics[k] - v) > 1e-3 * max(1.0, abs(v))}  # fmt: skip
     assert not far, far
+
+
+def test_two_hosts_emulated_by_two_torchrun_agents(project):
+    """The README's two-host command on one machine: two torchrun agents (one process
+    each, ``--nnodes=2``, c10d rendezvous) train one zoo together."""
+    from dist_helpers import free_port
+
+    port = free_port()
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [str(BIN / "torchrun"), "--nnodes=2", "--nproc_per_node=1", "--rdzv_id=zoo-test",
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "-m",
+           "weightspace_kedro", "run", "--env", "test", "--pipelines", "zoo"]  # fmt: skip
+    agents = [subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    logs = [a.communicate(timeout=300)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(x[-3000:] for x in logs)
+    both = "".join(logs)
+    assert "rank 0 of 2: training 8 of 16" in both and "rank 1 of 2: training 8 of 16" in both
+    metrics = json.loads((project / "data/test/08_reporting/zoo/metrics.json").read_text())
+    assert metrics["n_models"] == 16 and metrics["run_n_trained"] == 16
+    assert Zoo.load(project / "data/test/03_primary/zoo").verify() == ([], [])
