@@ -114,3 +114,15 @@ def test_two_hosts_emulated_by_two_torchrun_agents(project):
     metrics = json.loads((project / "data/test/08_reporting/zoo/metrics.json").read_text())
     assert metrics["n_models"] == 16 and metrics["run_n_trained"] == 16
     assert Zoo.load(project / "data/test/03_primary/zoo").verify() == ([], [])
+
+
+def test_torchrun_weightformer_shares_the_teacher_sets(project):
+    """WeightFormer under torchrun with 2 teacher sets per step: each rank generates one
+    set's students (data-parallel); the pipeline completes and rank 0 reports."""
+    proc = _run(project, str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+                "weightspace_kedro", "run", "--env", "test", "--pipelines", "weightformer",
+                "--params", "weightformer.settings.protocol.fit.sets_per_step=2")  # fmt: skip
+    assert "WeightFormer: sets_per_step" not in proc.stdout + proc.stderr  # no fallback
+    metrics = json.loads((project / "data/test/08_reporting/weightformer/metrics.json")
+                         .read_text())  # fmt: skip
+    assert 0.0 <= metrics["wf_acc"] <= 1.0

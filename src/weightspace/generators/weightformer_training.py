@@ -29,8 +29,16 @@ from tqdm.auto import tqdm
 
 from weightspace.checks import positive_number
 from weightspace.data.base import Split
+from weightspace.distributed import SINGLE, World, shard_slice
 from weightspace.ensembles.kd.loss import kd_loss
 from weightspace.errors import InvalidParameterError, NonFiniteWeightsError, ShapeError
+from weightspace.generators.data_parallel import (
+    check_batch,
+    check_same_data,
+    data_parallel,
+    global_sum,
+    sync_module,
+)
 from weightspace.generators.weight_tokens import tokenize
 from weightspace.generators.weightformer import (
     WeightFormer,
@@ -39,6 +47,7 @@ from weightspace.generators.weightformer import (
     student_state,
 )
 from weightspace.metrics import accuracy
+from weightspace.zoo.rng import hash_keys
 
 __all__ = ["FitConfig", "FitResult", "fit_weightformer", "pretrain_weightformer", "sample_sets"]
 
@@ -76,6 +85,11 @@ class FitConfig:
         paper has no such term (see the module docstring for when it matters).
     kd_temperature : float
         Temperature of that term.
+    sets_per_step : int
+        Teacher sets per optimiser step, their students' losses averaged. 1 (the
+        default) is Algorithm 1 exactly; a data-parallel run
+        (:func:`fit_weightformer` with a ``world``) shares a step's sets between the
+        processes, so it needs at least one set per process.
     """
 
     steps: int = 1000
@@ -90,9 +104,11 @@ class FitConfig:
     seed: int = 0
     kd_alpha: float = 0.0
     kd_temperature: float = 4.0
+    sets_per_step: int = 1
 
     def __post_init__(self) -> None:
-        ints = ("steps", "batch_size", "n_teachers", "resample_every", "eval_every")
+        ints = ("steps", "batch_size", "n_teachers", "resample_every", "eval_every",
+                "sets_per_step")  # fmt: skip
         for name in (*ints, "n_val_sets", "patience"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -186,6 +202,12 @@ def _step_loss(
     return data + config.alpha * consist, float(consist.detach())
 
 
+def _set_generator(seed: int, step: int, j: int) -> torch.Generator:
+    """The cutoff draws of set ``j`` at ``step`` when a step has several sets: its own
+    counter-based stream, so that a rank draws exactly what one process draws for it."""
+    return torch.Generator().manual_seed(int(hash_keys(seed, step, j)))
+
+
 def fit_weightformer(
     model: WeightFormer,
     template: nn.Module,
@@ -194,6 +216,7 @@ def fit_weightformer(
     val: Split,
     config: FitConfig,
     progress: bool = False,
+    world: World = SINGLE,
 ) -> FitResult:
     """Algorithm 1: train (a copy of) ``model`` on teacher sets drawn from ``pool``.
 
@@ -210,6 +233,12 @@ def fit_weightformer(
     config : FitConfig
     progress : bool
         Show a tqdm bar over steps.
+    world : World, optional
+        Train data-parallel (``DistributedDataParallel``) over several processes: every
+        rank draws the same teacher sets and batch, generates the students of its share
+        of the step's ``config.sets_per_step`` sets, and the gradients are averaged so
+        that the run follows a single process with the same ``sets_per_step`` (to float
+        noise). Rank 0 scores the validation sets and decides when to stop.
 
     Returns
     -------
@@ -219,38 +248,69 @@ def fit_weightformer(
     ------
     NonFiniteWeightsError
         If the loss becomes NaN or infinite.
+    InvalidParameterError
+        If a data-parallel run has fewer sets per step than processes.
     """
+    k = config.sets_per_step
+    check_batch(k, world, "WeightFormer (sets_per_step)")
+    mine = range(k)[shard_slice(k, world)]
     gen = torch.Generator().manual_seed(config.seed)
     n_pool = next(iter(pool.values())).shape[0]
     val_sets = sample_sets(n_pool, config.n_teachers, config.n_val_sets, gen)
     wf = copy.deepcopy(model).train()
+    sync_module(wf, world)
     dev = next(wf.parameters()).device
     opt = torch.optim.Adam(wf.parameters(), lr=config.lr)
     x, y = train.x.to(dev), train.y.to(dev)
+    check_same_data(world, "WeightFormer", x, y, *pool.values())
+
+    def validate() -> float:
+        acc = _val_accuracy(wf, template, pool, val_sets, val) if world.is_main else 0.0
+        return float(world.broadcast(acc))
+
+    last = {"consistency": 0.0}  # this rank's summed consistency term of the last step
+
+    def step_loss(step: int, tokens: dict, teachers: Tensor, idx: Tensor) -> Tensor:
+        total, consist_sum = torch.zeros((), device=dev), 0.0
+        for j in mine:
+            soft = None
+            if config.kd_alpha > 0:
+                soft = _teacher_probs(template, pool, teachers[j], x[idx], config.kd_temperature)
+            g = gen if k == 1 and not world.active else _set_generator(config.seed, step, j)
+            loss_j, consist = _step_loss(wf, template, tokens[j], (x[idx], y[idx]), config, g, soft)
+            total = total + loss_j
+            consist_sum += consist
+        last["consistency"] = consist_sum
+        return total / k * world.world_size  # DDP averages the ranks' gradients
+
+    step_module = data_parallel(wf, step_loss, world)
     history: dict[str, list[float]] = {"loss": [], "consistency": [], "val_accuracy": []}
-    best = (_val_accuracy(wf, template, pool, val_sets, val), 0, copy.deepcopy(wf.state_dict()))
+    best = (validate(), 0, copy.deepcopy(wf.state_dict()))
     history["val_accuracy"].append(best[0])
     waited, tokens, teachers = 0, None, None
-    for step in tqdm(range(1, config.steps + 1), desc="WeightFormer", disable=not progress):
+    bar = tqdm(range(1, config.steps + 1), desc="WeightFormer",
+               disable=not progress or not world.is_main)  # fmt: skip
+    for step in bar:
         if tokens is None or (step - 1) % config.resample_every == 0:
-            teachers = sample_sets(n_pool, config.n_teachers, 1, gen)[0]
-            tokens = _set_tokens(wf, pool, teachers)
+            teachers = sample_sets(n_pool, config.n_teachers, k, gen)
+            tokens = {j: _set_tokens(wf, pool, teachers[j]) for j in mine}
         idx = torch.randint(0, x.shape[0], (config.batch_size,), generator=gen).to(dev)
-        soft = None
-        if config.kd_alpha > 0:
-            soft = _teacher_probs(template, pool, teachers, x[idx], config.kd_temperature)
-        loss, consist = _step_loss(wf, template, tokens, (x[idx], y[idx]), config, gen, soft)
-        if not torch.isfinite(loss):
+        loss = step_module(step, tokens, teachers, idx)
+        value = global_sum(loss, world) / world.world_size
+        if not math.isfinite(value):
             raise NonFiniteWeightsError(
-                f"WeightFormer's loss became {float(loss)} at step {step}; lower lr={config.lr}"
+                f"WeightFormer's loss became {value} at step {step}; lower lr={config.lr}"
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        history["loss"].append(float(loss.detach()))
-        history["consistency"].append(consist)
+        history["loss"].append(value)
+        consist = last["consistency"]
+        if world.active:
+            consist = global_sum(torch.tensor(consist), world)
+        history["consistency"].append(consist / k)
         if step % config.eval_every == 0:
-            acc = _val_accuracy(wf, template, pool, val_sets, val)
+            acc = validate()
             history["val_accuracy"].append(acc)
             if acc > best[0]:
                 best, waited = (acc, step, copy.deepcopy(wf.state_dict())), 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from weightspace.config import to_mapping
 from weightspace.data import SplitDataset
 from weightspace.data.base import SPLITS, Split
 from weightspace.device import resolve_device
+from weightspace.distributed import SINGLE, World
 from weightspace.errors import ArchitectureMismatchError, EmptyZooError
 from weightspace.evaluation import weightformer_protocol as wp
 from weightspace.generators.weight_tokens import TokenLayout
@@ -29,7 +31,10 @@ from weightspace.reporting import weightformer_report as wr
 from weightspace.weights.stacking import stack_state_dicts
 from weightspace.zoo import Zoo
 from weightspace_kedro.pipelines.weightformer.settings import WeightFormerSettings
+from weightspace_kedro.runner import node_world
 from weightspace_kedro.typed import typed_settings
+
+log = logging.getLogger(__name__)
 
 Pools = dict[str, Any]
 
@@ -67,7 +72,9 @@ def split_checkpoints(
     }  # fmt: skip
 
 
-def _fit(pools: Pools, settings: WeightFormerSettings, variant: str = "wf") -> torch.nn.Module:
+def _fit(
+    pools: Pools, settings: WeightFormerSettings, variant: str = "wf", world: World = SINGLE
+) -> torch.nn.Module:
     """Train WF (``variant="wf"``), an ablation (``"wf_no_*"``) or the MLP baseline."""
     cfg, fit = settings.model, settings.protocol.fit
     if variant == "wf_no_cross":
@@ -93,26 +100,47 @@ def _fit(pools: Pools, settings: WeightFormerSettings, variant: str = "wf") -> t
             model = pretrain_weightformer(
                 model, pools["train"], sets, targets, protocol.pretrain_steps, protocol.pretrain_lr
             )
-    return _fit_on_device(model, pools, "train", fit, settings.device)
+    return _fit_on_device(model, pools, "train", fit, settings.device, world)
 
 
 def _fit_on_device(
-    model: torch.nn.Module, pools: Pools, pool: str, fit: FitConfig, device: str
+    model: torch.nn.Module,
+    pools: Pools,
+    pool: str,
+    fit: FitConfig,
+    device: str,
+    world: World = SINGLE,
 ) -> torch.nn.Module:
-    """``fit_weightformer`` on ``device``; the kept generator comes back on the CPU,
-    carrying the step its validation peaked at (``best_step``, 0 = its start)."""
-    dev = resolve_device(device)
+    """``fit_weightformer`` on ``device`` (data-parallel over ``world``); the kept
+    generator comes back on the CPU, carrying the step its validation peaked at
+    (``best_step``, 0 = its start)."""
+    dev = world.device if world.active else resolve_device(device)
     template = copy.deepcopy(pools["template"]).to(dev)
     data = pools["data"]
     start = copy.deepcopy(model).to(dev)
-    result = fit_weightformer(start, template, pools[pool], data.train, data.val, fit)
+    result = fit_weightformer(start, template, pools[pool], data.train, data.val, fit, world=world)
     result.model.best_step = result.best_step
     return result.model.cpu()
 
 
 def train_wf(pools: Pools, settings: WeightFormerSettings) -> torch.nn.Module:
-    """WeightFormer on the training checkpoints (eq. 4)."""
-    return _fit(pools, settings)
+    """WeightFormer on the training checkpoints (eq. 4).
+
+    Under torchrun it trains data-parallel over the ranks when ``fit.sets_per_step``
+    gives every rank a teacher set; with Algorithm 1's one set per step (the default)
+    rank 0 trains it alone and the other ranks return a placeholder (their outputs are
+    never saved, and no node of theirs reads it)."""
+    world = node_world(settings.device)
+    if world.active and settings.protocol.fit.sets_per_step < world.world_size:
+        log.info(
+            "WeightFormer: sets_per_step=%d < %d processes: rank 0 trains it alone "
+            "(raise fit.sets_per_step to share it)",
+            settings.protocol.fit.sets_per_step, world.world_size,
+        )  # fmt: skip
+        if not world.is_main:
+            return torch.nn.Identity()  # Kedro saves no None, even in memory
+        world = SINGLE
+    return _fit(pools, settings, world=world)
 
 
 def train_ablations(pools: Pools, settings: WeightFormerSettings) -> dict[str, torch.nn.Module]:

@@ -13,6 +13,7 @@ from kedro.pipeline import Node, Pipeline
 
 from weightspace_kedro.pipelines.weightformer import nodes
 from weightspace_kedro.pipelines.zoo.pipeline import zoo_pipeline
+from weightspace_kedro.runner import DISTRIBUTED
 
 ZOO = ["zoo_weightformer.zoo_models", "zoo_weightformer.zoo_datasets"]
 
@@ -24,7 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(nodes.build_settings, "params:settings", s, name="build_settings"),
             Node(nodes.split_checkpoints, [*ZOO, s], "pools", name="split_checkpoints"),
-            Node(nodes.train_wf, ["pools", s], "wf", name="train_wf"),
+            Node(nodes.train_wf, ["pools", s], "wf", name="train_wf", tags=[DISTRIBUTED]),
             Node(nodes.train_ablations, ["pools", s], "ablations", name="train_ablations"),
             Node(nodes.train_mlp, ["pools", s], "mlp", name="train_mlp"),
             Node(nodes.finetune_wf_star, ["wf", "pools", s], "wf_star", name="finetune_wf_star"),
