@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -284,7 +285,7 @@ def prune_outside(root: str | os.PathLike, keep: Collection[str], prune: bool) -
     return outside
 
 
-def _member_json(row: pd.Series) -> str:
+def _member_json(row: pd.Series | Mapping[str, Any]) -> str:
     """The member description stored in a checkpoint's metadata."""
     return json.dumps(
         {

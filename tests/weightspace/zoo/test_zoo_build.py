@@ -496,3 +496,23 @@ def test_same_grid_same_seed_gives_identical_zoo_files(digits, members, tmp_path
     assert first.index["sha256"].tolist() == second.index["sha256"].tolist()
     cols = ["model_id", "test_accuracy", "test_nll", "val_ece"]
     assert first.index[cols].equals(second.index[cols])
+
+
+def test_threaded_checkpoint_writes_equal_serial_ones(digits, tmp_path, monkeypatch):
+    """write_checkpoints overlaps the files' fsyncs in threads for a large stack: the
+    rows (in order, with their sha256) and the bytes on disk equal a serial write."""
+    from weightspace.zoo import folder
+
+    grid = {**GRID, "seeds": 6, "train": {"epochs": 1, "lr": 0.03}}
+    zoo, _ = train_zoo(expand_grid(grid, {"digits": 10}), digits, options=CPU)
+    rows = [dict(r) for _, r in zoo.index.iterrows()]
+    tensors = {mid: zoo.state(mid) for mid in zoo.model_ids}
+    written = {}
+    for threads in (1000, 2):  # 1000: below the threshold, serial; 2: threaded
+        monkeypatch.setattr(folder, "WRITE_THREADS", threads)
+        root = tmp_path / f"t{threads}"
+        out = folder.write_checkpoints(root, rows, tensors)
+        assert [r["model_id"] for r in out] == [r["model_id"] for r in rows]
+        written[threads] = (out, {p.name: p.read_bytes() for p in root.rglob("*.safetensors")})
+    assert [r["sha256"] for r in written[2][0]] == [r["sha256"] for r in written[1000][0]]
+    assert written[2][1] == written[1000][1] and len(written[2][1]) == len(rows) == 12
