@@ -38,6 +38,11 @@ VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("linear probe, 20 steps (lr on val)", "probe", ("unseen", "novel")),
     ("linear probe, converged (lr on val)", "probe_converged", ("unseen", "novel")),
     ("ablation: anchor only (no diffusion)", "anchor_only", ("seen", "unseen", "novel")),
+    (
+        "ablation: temperature 1, no known-class fallback",
+        "plain_sampling",
+        ("seen", "unseen", "novel"),
+    ),
     ("ablation: no contrastive alignment", "no_alignment", ("seen", "unseen", "novel")),
     ("ablation: unconditional (p-diff style)", "unconditional", ("seen", "unseen", "novel")),
     ("whole-head D2NWG (paper's chunk VAE)", "whole_head", ("seen", "unseen", "novel")),
@@ -180,7 +185,8 @@ def finetune_table(per_seed: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def audit_table(per_seed: Mapping[str, Mapping[str, float]]) -> str:
-    """Markdown: the copy rule's share of samples called copies, per group and variant."""
+    """Markdown: the copy rule's share of samples called copies, per group and variant, and
+    the share of tasks the known-class test hands to the diffusion."""
     rows = [
         (
             "class-wise D2NWG: class rows",
@@ -188,8 +194,13 @@ def audit_table(per_seed: Mapping[str, Mapping[str, float]]) -> str:
             ("seen", "unseen", "novel"),
         ),
         ("whole-head D2NWG: whole heads", "whole_head_memorization_copy_share_{g}", ("seen",)),
+        (
+            "tasks the known-class test passes (sampled; the rest get the anchor head)",
+            "{g}_known_task_share",
+            ("seen", "unseen", "novel"),
+        ),
     ]
-    lines = ["| Copies (copy rule, ratio 0.5) | seen | unseen | novel |", "|---|---|---|---|"]
+    lines = ["| Share (copy rule: ratio 0.5) | seen | unseen | novel |", "|---|---|---|---|"]
     for label, pattern, where in rows:
         cells = [
             _cell([m.get(pattern.format(g=g), float("nan")) for m in per_seed.values()])

@@ -22,6 +22,7 @@ from weightspace.generators.class_rows import centre_rows, metric_rows, within_c
 from weightspace.generators.classwise import ClassWiseD2NWG
 from weightspace.generators.data_parallel import check_same_data, sync_module
 from weightspace.generators.diffusion_loop import train_diffusion_loop
+from weightspace.generators.known_classes import fit_known_classes
 from weightspace.generators.training_checkpoint import CheckpointPolicy
 
 
@@ -52,8 +53,11 @@ def fit_anchor(
     task_of_row: torch.Tensor,
     rows: torch.Tensor,
     task_classes: torch.Tensor,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Stage 1 (closed form): feature standardization, the metric and the anchor scale.
+    """Stage 1 (closed form): feature standardization, the metric, the anchor scale and
+    the known-class test (:mod:`~weightspace.generators.known_classes`, seeded by
+    ``seed``).
 
     Parameters
     ----------
@@ -69,8 +73,9 @@ def fit_anchor(
     Returns
     -------
     dict
-        ``anchor_scale`` and ``anchor_row_r2``: the share of the zoo rows' centred
-        variance the scaled anchors explain.
+        ``anchor_scale``; ``anchor_row_r2``: the share of the zoo rows' variance (in the
+        model's centred coordinates) the scaled anchors explain; ``novelty_tau`` and
+        ``known_classes`` (0 and inf-free when the test is off).
     """
     _check_rows(rows, task_of_row, bank)
     dev = model.metric.device
@@ -81,18 +86,33 @@ def fit_anchor(
         model.metric.copy_(within_class_metric(feats, labels, model.config.shrinkage).to(dev))
     else:
         model.metric.copy_(torch.eye(model.feature_dim, device=dev))
+    model.known_centres = torch.zeros(0, model.feature_dim, device=dev)
+    model.novelty_tau.fill_(float("inf"))
     if model.config.anchor == "none":
         model.anchor_scale.zero_()
-        return {"anchor_scale": 0.0, "anchor_row_r2": 0.0}
-    # Rows are defined up to a shift shared by the classes (softmax): compare centred.
-    a = centre_rows(metric_rows(bank_class_means(bank)[task_of_row].to(dev), model.metric))
-    r = centre_rows(rows.to(dev))
+        return {"anchor_scale": 0.0, "anchor_row_r2": 0.0, "known_classes": 0.0}
+    # Rows are defined up to a shift shared by the classes (softmax): compare centred,
+    # in the model's coordinates (features centred at their mean).
+    means = bank_class_means(bank)[task_of_row].to(dev) - model.feat_mean
+    a = centre_rows(metric_rows(means, model.metric))
+    r = model.centred_rows(rows.to(dev))
     # The scale is fitted on the weights: the anchor's bias is a function of its weights
-    # (b_c = -w_c . mu_c / 2), and the biases' larger spread would otherwise set it.
+    # (b_c = -w_c . mu_c / 2).
     scale = (a[..., :-1] * r[..., :-1]).sum() / (a[..., :-1] ** 2).sum().clamp_min(1e-12)
     model.anchor_scale.fill_(float(scale))
     resid = ((r - scale * a) ** 2).sum() / (r**2).sum().clamp_min(1e-12)
-    return {"anchor_scale": float(scale), "anchor_row_r2": float(1 - resid)}
+    out = {"anchor_scale": float(scale), "anchor_row_r2": float(1 - resid)}
+    q = model.config.novelty_quantile
+    if q is not None:
+        centres, tau = fit_known_classes(
+            feats.to(dev) - model.feat_mean, labels.to(dev), model.metric, model.config.shots,
+            q, seed,
+        )  # fmt: skip
+        model.known_centres = centres
+        model.novelty_tau.fill_(tau)
+        out["novelty_tau"] = tau
+    out["known_classes"] = float(model.known_centres.shape[0])
+    return out
 
 
 def _unique_class_samples(
@@ -135,7 +155,7 @@ def fit_class_alignment(
     _check_rows(rows, task_of_row, bank)
     cfg, dev = model.config.align, model.metric.device
     n, k = rows.shape[:2]
-    flat_rows = centre_rows(rows).reshape(n * k, -1).to(dev)
+    flat_rows = model.centred_rows(rows.to(dev)).reshape(n * k, -1)
     model.row_mean.copy_(flat_rows.mean(0))
     model.row_std.copy_(flat_rows.std(0).clamp_min(1e-6))
     target = (flat_rows - model.row_mean) / model.row_std
@@ -184,9 +204,9 @@ def fit_classwise_diffusion(
 
     ``sets_per_task`` support sets per zoo task are drawn once; each gives a condition and
     an anchor; a training item is (zoo head, one of its task's sets) and its clean target
-    is the head's centred rows minus that set's anchor, standardized with statistics fitted here
-    over all items. Returns the loss of every ``steps // 100``-th step; the EMA weights
-    are copied into the denoiser at the end. ``checkpoint``: as
+    is the head's rows (model coordinates) minus that set's anchor, standardized with
+    statistics fitted here over all items. Returns the loss of every ``steps // 100``-th
+    step; the EMA weights are copied into the denoiser at the end. ``checkpoint``: as
     :func:`~weightspace.generators.d2nwg.fit_diffusion`. ``world``: data-parallel, as
     there.
     """
@@ -210,11 +230,11 @@ def fit_classwise_diffusion(
             sets = bank.sample(chunk, cfg.shots, gen_pool).to(dev)
             c = model.condition(sets)
             conds.append(c if c is not None else sets.new_zeros(len(chunk), 0))
-            anchors.append(model.anchor_rows(sets))
+            anchors.append(model.centred_anchor_rows(sets))
     p = cfg.sets_per_task
     cond_pool = torch.cat(conds).view(n_tasks, p, *conds[0].shape[1:])
     anchor_pool = torch.cat(anchors).view(n_tasks, p, *anchors[0].shape[1:])
-    rows_dev, tor_dev = centre_rows(rows).to(dev), task_of_row.to(dev)
+    rows_dev, tor_dev = model.centred_rows(rows.to(dev)), task_of_row.to(dev)
     with torch.no_grad():  # residual statistics over every (head, set) pair
         res = rows_dev[:, None] - anchor_pool[tor_dev]
         flat = res.reshape(-1, model.row_dim)
@@ -254,7 +274,7 @@ def fit_classwise(
     is unconditional): anchor report, alignment losses, diffusion losses. ``world``: the
     diffusion stage runs data-parallel over it (the cheap anchor and alignment stages run
     on every rank alike, then rank 0's weights are copied to the others)."""
-    report = fit_anchor(model, bank, task_of_row, rows, task_classes)
+    report = fit_anchor(model, bank, task_of_row, rows, task_classes, seed)
     align_losses: list[float] = []
     if align and model.config.conditional:
         align_losses = fit_class_alignment(

@@ -145,14 +145,18 @@ class DiffusionTraining:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Generation: DDIM steps and classifier-free guidance scale."""
+    """Generation: DDIM steps, classifier-free guidance scale and the temperature of the
+    start noise (``1`` samples the learned distribution; below 1, the truncation trick:
+    :meth:`~weightspace.generators.diffusion.GaussianDiffusion.ddim_sample`)."""
 
     steps: int = 50
     guidance: float = 1.0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _int("sampling", "steps", self.steps)
         _number("sampling", "guidance", self.guidance, 0.0)
+        _number("sampling", "temperature", self.temperature, 0.0)
 
 
 @dataclass(frozen=True)
@@ -292,7 +296,7 @@ class D2NWG(nn.Module):
         z = self.diffusion.ddim_sample(
             self.denoiser, shape, cond=cond, steps=steps or sampling.steps,
             guidance_scale=sampling.guidance if guidance is None else guidance,
-            generator=generator, device=cond.device,
+            generator=generator, device=cond.device, temperature=sampling.temperature,
         )  # fmt: skip
         return self.vae.from_latent(z)
 

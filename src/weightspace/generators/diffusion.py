@@ -320,6 +320,7 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """DDIM sampling (Song et al., 2021, eq. 12) on ``steps`` evenly spaced timesteps.
 
@@ -328,14 +329,22 @@ class GaussianDiffusion:
         ``sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s)``. ``eta = 0``
         is deterministic given ``x_T``; ``eta = 1`` with ``steps = T`` is DDPM.
 
-        Parameters are those of :meth:`p_sample_loop`, plus ``steps`` (1 to ``T``) and
-        ``eta`` (>= 0).
+        Parameters are those of :meth:`p_sample_loop`, plus ``steps`` (1 to ``T``),
+        ``eta`` (>= 0) and ``temperature`` (>= 0): ``x_T`` is the drawn (or given) noise
+        times ``temperature``. Below 1 this is the truncation trick of generative models
+        (Kingma & Dhariwal 2018, Brock et al. 2019): samples move towards the modes of the
+        learned distribution, trading diversity for fidelity; ``0`` with ``eta = 0`` gives
+        one deterministic sample per condition.
         """
         if not 1 <= steps <= self.num_timesteps:
             raise InvalidParameterError(f"steps must be in [1, {self.num_timesteps}], got {steps}")
         if eta < 0:
             raise InvalidParameterError(f"eta must be >= 0, got {eta}")
+        if not temperature >= 0:
+            raise InvalidParameterError(f"temperature must be >= 0, got {temperature}")
         x = self._start(shape, cond, noise, device, generator)
+        if temperature != 1.0:
+            x = x * temperature
         b = x.shape[0]
         seq = torch.linspace(0, self.num_timesteps - 1, steps, dtype=torch.float64).round().long()
         seq = torch.unique(seq).tolist()

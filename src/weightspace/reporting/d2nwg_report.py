@@ -90,6 +90,7 @@ def fewshot_metrics(s: FewShotScores) -> dict[str, float]:
         "n_candidates": float(s.n_candidates),
         **s.audit,
         **(comparison_metrics(s.comparisons) if s.comparisons is not None else {}),
+        **s.extra,
     }
 
 

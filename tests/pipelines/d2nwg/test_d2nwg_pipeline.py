@@ -58,6 +58,11 @@ def test_both_scenarios_run_resume_and_reproduce(tmp_path):
     assert first["seen_zoo_mean_acc"] > 0.4  # 3-way: chance is 1/3
     assert first["backbone_digits_seen_test_acc"] > 0.2  # 7 seen classes, 2 epochs
     assert len(catalog.load("d2nwg.plot_finetune_curves").axes) >= 1
+    # The method's sampling rules: its plain-sampling ablation and the known-class test.
+    for g in ("seen", "unseen", "novel"):
+        assert 0.0 <= first[f"{g}_plain_sampling_acc"] <= 1.0
+        assert 0.0 <= first[f"{g}_known_task_share"] <= 1.0
+    assert first["classwise_known_classes"] > 0 and first["classwise_novelty_tau"] > 0
     # Scenario (b): 3 datasets x 2 networks, prefixed keys.
     assert first["networks_n_zoo"] == 6 and first["networks_n_datasets"] == 3
     assert first["networks_zoo_mean_acc"] > 0.5  # 10 classes: chance is 0.1

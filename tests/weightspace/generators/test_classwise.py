@@ -179,6 +179,58 @@ def test_training_sampling_and_bundle_round_trip(tmp_path):
     assert torch.equal(anchors["1.weight"][0], anchors["1.weight"][1])  # n copies
 
 
+def test_centred_coordinates_keep_every_prediction():
+    """Rows for features centred at feat_mean and back: the same softmax on raw inputs."""
+    model = _model()
+    model.feat_mean.copy_(torch.randn(6) * 10)
+    rows, x = torch.randn(2, 4, 7), torch.randn(9, 6) * 3 + 10
+    back = model.raw_rows(model.centred_rows(rows))
+    torch.testing.assert_close(_logits(back, x).softmax(-1), _logits(rows, x).softmax(-1))
+    # in centred coordinates the same head reads centred features
+    centred = model.centred_rows(rows)
+    torch.testing.assert_close(
+        _logits(centred, x - model.feat_mean).softmax(-1), _logits(rows, x).softmax(-1)
+    )
+
+
+def test_anchor_heads_are_the_scaled_metric_prototype_classifier():
+    bank, classes, task_of_row = _synthetic_zoo()
+    model = _model()
+    fit_anchor(model, bank, task_of_row, torch.randn(4, 3, 7), classes)
+    sets = bank.sample(torch.tensor([0, 1]), 3, torch.Generator().manual_seed(2))
+    x = torch.randn(11, 6) * 3
+    want = model.anchor_scale * _logits(metric_rows(class_means(sets), model.metric), x)
+    got = _logits(model.anchor_rows(sets), x)
+    torch.testing.assert_close(got.softmax(-1), want.softmax(-1), atol=1e-5, rtol=1e-4)
+
+
+def test_tasks_of_unknown_classes_get_exactly_their_anchor_heads():
+    bank, classes, task_of_row = _synthetic_zoo()
+    model = _model(novelty_quantile=0.99)
+    report = fit_classwise(model, bank, task_of_row, torch.randn(4, 3, 7), classes, seed=0)
+    assert report["anchor"]["known_classes"] == 4 and report["anchor"]["novelty_tau"] > 0
+    gen = torch.Generator().manual_seed(1)
+    sets = bank.sample(torch.tensor([0, 1]), 3, gen)
+    far = sets.clone()
+    far[1, 0] += 50.0  # one class of task 1 is no class of the zoo
+    assert model.known(far).tolist() == [True, False]
+    rows = model.sample(far, 3, torch.Generator().manual_seed(0))
+    anchor = model.anchor_rows(far)
+    torch.testing.assert_close(rows[3:], anchor[1:].expand(3, -1, -1))
+    assert not torch.allclose(rows[:3], anchor[:1].expand(3, -1, -1), atol=1e-3)
+    # without the fallback the same random stream gives the diffusion's rows for task 1
+    raw = model.sample(far, 3, torch.Generator().manual_seed(0), fallback=False)
+    torch.testing.assert_close(raw[:3], rows[:3])
+    assert not torch.allclose(raw[3:], rows[3:], atol=1e-3)
+    # temperature 0: the n candidates of a set coincide
+    cold = model.sample(sets, 3, torch.Generator().manual_seed(0), temperature=0.0)
+    torch.testing.assert_close(cold[:3], cold[:1].expand(3, -1, -1))
+    # the test is off with novelty_quantile=None
+    off = _model(novelty_quantile=None)
+    fit_classwise(off, bank, task_of_row, torch.randn(4, 3, 7), classes, seed=0)
+    assert off.known(far).all() and off.known_centres.shape == (0, 6)
+
+
 def test_unconditional_ablation_has_no_condition_and_no_anchor():
     bank, classes, task_of_row = _synthetic_zoo()
     model = _model(conditional=False, anchor="none")
@@ -192,8 +244,15 @@ def test_unconditional_ablation_has_no_condition_and_no_anchor():
 
 @pytest.mark.parametrize(
     ("changes", "match"),
-    [({"anchor": "mean"}, "anchor"), ({"shrinkage": 0.0}, "shrinkage"), ({"shots": 0}, "shots")],
+    [
+        ({"anchor": "mean"}, "anchor"),
+        ({"shrinkage": 0.0}, "shrinkage"),
+        ({"shots": 0}, "shots"),
+        ({"novelty_quantile": 1.0}, "novelty_quantile"),
+        ({"novelty_quantile": True}, "novelty_quantile"),
+        ({"sampling": {"temperature": -1.0}}, "temperature"),
+    ],
 )
 def test_config_rejects_bad_values(changes, match):
     with pytest.raises(InvalidParameterError, match=match):
-        ClassWiseConfig(**changes)
+        ClassWiseConfig.from_dict(changes)

@@ -176,6 +176,27 @@ def test_ddim_deterministic_given_noise_and_differs_with_eta() -> None:
         diff.ddim_sample(model, (4, 2, 3), steps=10, noise=xT)
 
 
+def test_ddim_temperature_scales_the_start_noise() -> None:
+    """temperature t: the same as starting from t * x_T; 0 gives one sample per condition;
+    1 leaves the drawn noise untouched (bitwise)."""
+    torch.manual_seed(0)
+    model = MLPDenoiser(MLPDenoiserConfig((2, 3), cond_dim=0, width=16, depth=1))
+    torch.nn.init.normal_(model.out_proj.weight, std=0.5)
+    diff = GaussianDiffusion(make_schedule("cosine", 40))
+    xT = torch.randn(5, 2, 3)
+    half = diff.ddim_sample(model, xT.shape, steps=10, noise=xT, temperature=0.5)
+    assert torch.equal(half, diff.ddim_sample(model, xT.shape, steps=10, noise=0.5 * xT))
+    zero = diff.ddim_sample(model, xT.shape, steps=10, generator=torch.Generator(), temperature=0)
+    assert torch.equal(zero, zero[:1].expand_as(zero))  # no condition: one sample
+    one = diff.ddim_sample(model, xT.shape, steps=10, generator=torch.Generator().manual_seed(3))
+    same = diff.ddim_sample(
+        model, xT.shape, steps=10, generator=torch.Generator().manual_seed(3), temperature=1.0
+    )
+    assert torch.equal(one, same) and not torch.allclose(one, zero, atol=1e-3)
+    with pytest.raises(InvalidParameterError, match="temperature"):
+        diff.ddim_sample(model, xT.shape, steps=10, temperature=-0.1)
+
+
 def test_ddim_eta_one_all_steps_is_ddpm() -> None:
     """eta = 1 over all T steps gives sigma_t^2 = beta~_t and the posterior mean: DDPM."""
     torch.manual_seed(0)

@@ -187,12 +187,21 @@ def evaluate(
     others["whole_head"] = weight_sampler(whole_head, weights.weight_set, s.seed)
     if model.config.anchor != "none":
         others["anchor_only"] = anchor_sampler(model, names)
-    return proto.evaluate_fewshot(
+    # The method's sampler without its two sampling rules: temperature 1, no fallback.
+    others["plain_sampling"] = classwise_sampler(
+        model, names, s.seed, temperature=1.0, fallback=False
+    )
+    scores = proto.evaluate_fewshot(
         lambda: zoo.arch_spec(zoo.model_ids[0]).build(), classwise_sampler(model, names, s.seed),
         classwise_embedder(model), groups, oracle_acc, heads, s.evaluation,
         resolve_device(s.device), task_classes=tasks, ablations=others,
         comparisons=s.comparisons,
     )  # fmt: skip
+    device = model.metric.device
+    for g in proto.GROUPS:  # share of tasks the generator samples (the rest: anchor heads)
+        known = model.known(groups[g].support_sets.to(device))
+        scores.extra[f"{g}_known_task_share"] = float(known.float().mean())
+    return scores
 
 
 def report(

@@ -1,0 +1,83 @@
+"""The known-class test of class-wise D2NWG: distances, calibration, matching."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from weightspace.errors import InvalidParameterError, ShapeError
+from weightspace.generators.known_classes import (
+    fit_known_classes,
+    known_tasks,
+    metric_distances,
+)
+
+
+def test_metric_distances_by_hand():
+    means = torch.tensor([[[1.0, 2.0], [0.0, 0.0]]])  # (1, 2, 2)
+    centres = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 2.0]])
+    metric = torch.tensor([[2.0, 0.0], [0.0, 0.5]])
+    # (1,2)-(0,0): 2*1 + 0.5*4 = 4; -(1,0): 0 + 0.5*4 = 2; -(3,2): 2*4 + 0 = 8
+    # (0,0)-(0,0): 0; -(1,0): 2; -(3,2): 2*9 + 0.5*4 = 20
+    want = torch.tensor([[[4.0, 2.0, 8.0], [0.0, 2.0, 20.0]]])
+    torch.testing.assert_close(metric_distances(means, centres, metric), want)
+    with pytest.raises(ShapeError, match="centres"):
+        metric_distances(means, centres[:, :1], metric)
+
+
+def _brute_force(dist: torch.Tensor, tau: float) -> bool:
+    """Some injective class -> known-class map keeps every distance within tau."""
+    k, p = dist.shape
+    return any(
+        all(float(dist[i, j]) <= tau for i, j in enumerate(perm))
+        for perm in itertools.permutations(range(p), k)
+    )
+
+
+def test_known_tasks_is_a_perfect_matching_within_tau_against_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 2, generator=gen) * 2
+    metric = torch.eye(2)
+    means = torch.randn(300, 3, 2, generator=gen) * 2
+    dist = metric_distances(means, centres, metric)
+    for tau in (0.5, 2.0, 6.0):
+        got = known_tasks(means, centres, metric, tau)
+        want = torch.tensor([_brute_force(d, tau) for d in dist])
+        assert torch.equal(got, want)
+        assert 0 < int(want.sum()) < len(want) or tau != 2.0  # both outcomes occur
+    # two classes near one known class only: not a new combination of known classes
+    twin = torch.stack([centres[0], centres[0] + 0.01, centres[1]])[None]
+    near = metric_distances(twin, centres, metric) <= 0.1
+    assert near[0, :2, 0].all() and int(near[0].sum()) == 3  # each near one centre
+    assert not bool(known_tasks(twin, centres, metric, 0.1)[0])
+    assert bool(known_tasks(centres[[4, 0, 2]][None], centres, metric, 1e-6)[0])
+    # more classes than known classes: never known
+    assert not bool(known_tasks(means[:1], centres[:2], metric, 1e9)[0])
+
+
+def test_fit_known_classes_calibrates_on_the_known_classes():
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    labels = torch.arange(3).repeat_interleave(200)
+    feats = centres[labels] + torch.randn(600, 2, generator=gen)
+    metric = torch.eye(2)
+    got, tau = fit_known_classes(feats, labels, metric, shots=5, quantile=0.9, seed=0)
+    torch.testing.assert_close(got, torch.stack([feats[labels == c].mean(0) for c in range(3)]))
+    # the mean of 5 unit-variance samples: 5 * D ~ chi2(2), whose 0.9 quantile is 4.61
+    assert tau == pytest.approx(4.61 / 5, rel=0.2)
+    # fresh known-class support means pass at about the quantile's rate; a far class fails
+    pick = torch.randint(200, (400, 5), generator=gen)
+    means = torch.stack([feats[labels == c][pick].mean(1) for c in range(3)], 1)  # (400, 3, 2)
+    rate = float(
+        (metric_distances(means, got, metric).diagonal(dim1=1, dim2=2) <= tau).float().mean()
+    )
+    assert 0.8 < rate < 0.97
+    far = torch.tensor([[[30.0, 30.0], [10.0, 0.0], [0.0, 0.0]]])
+    assert not bool(known_tasks(far, got, metric, tau)[0])
+    assert bool(known_tasks(got[[2, 0, 1]][None], got, metric, tau)[0])
+    again, tau2 = fit_known_classes(feats, labels, metric, shots=5, quantile=0.9, seed=0)
+    assert tau2 == tau and torch.equal(again, got)  # seeded
+    with pytest.raises(InvalidParameterError, match="quantile"):
+        fit_known_classes(feats, labels, metric, shots=5, quantile=1.0, seed=0)
