@@ -74,8 +74,9 @@ def fit_anchor(
     -------
     dict
         ``anchor_scale``; ``anchor_row_r2``: the share of the zoo rows' variance (in the
-        model's centred coordinates) the scaled anchors explain; ``novelty_tau`` and
-        ``known_classes`` (0 and inf-free when the test is off).
+        model's centred coordinates) the scaled anchors explain; ``known_classes`` (the
+        number of zoo classes the known-class test matches against, 0 when the test is
+        off or there is no anchor) and ``novelty_tau`` (only when the test is on).
     """
     _check_rows(rows, task_of_row, bank)
     dev = model.metric.device
