@@ -18,7 +18,9 @@ rules:
   generator) scored exactly as the method (mean over ``n_candidates``);
 - **the zoo's own best-of-K** on validation for seen tasks;
 - **fine-tuning** from every initialisation with one learning rate per initialisation,
-  chosen on validation from ``lr_grid`` (never on test);
+  chosen on validation from ``lr_grid`` and, with ``keep_init``, rate 0 (no fine-tuning:
+  chosen when the initialisation is already at least as good on validation), never on
+  test;
 - **the copy rule** (:func:`weightspace.evaluation.memorization.copy_audit`) on class rows
   of the sampled heads, against the zoo's rows grouped by pool class.
 """
@@ -51,6 +53,7 @@ class ComparisonSettings:
     probe_converged_steps: int = 300
     copy_ratio: float = 0.5
     random_seed: int = 10_000
+    keep_init: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,12 +166,13 @@ def finetune_from(
     settings: ComparisonSettings,
 ) -> FinetuneResult:
     """Fine-tuning curves on the support sets from each initialisation ``(T, ...)``, the
-    learning rate of each chosen on validation after ``max(steps)`` steps."""
+    learning rate of each chosen on validation after ``max(steps)`` steps (with
+    ``settings.keep_init``, rate 0, no fine-tuning, is a candidate too)."""
     idx = torch.arange(len(group.datasets))
     curves, lrs = {}, {}
     for name, init in inits.items():
         lr, _ = fb.select_lr(template, init, idx, group.support, group.val, max(steps),
-                             settings.lr_grid)  # fmt: skip
+                             settings.lr_grid, keep_init=settings.keep_init)  # fmt: skip
         lrs[name] = lr
         curves[name] = finetune_curves(template, init, idx, group.support, group.test, steps, lr)
     return FinetuneResult(tuple(steps), curves, lrs)

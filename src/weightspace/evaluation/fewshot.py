@@ -84,6 +84,8 @@ def finetune_curves(
 ) -> torch.Tensor:
     """Query accuracy before and after ``steps`` full-batch steps on the support sets.
 
+    ``lr == 0`` leaves ``init`` as it is (every column is its accuracy, nothing trains).
+
     Returns
     -------
     Tensor (B, 1 + len(steps))
@@ -91,6 +93,8 @@ def finetune_curves(
     """
     b = len(task_index)
     out = [stack_accuracy(template, init, task_index, query)]
+    if lr == 0:
+        return out[0][:, None].repeat(1, 1 + len(steps))
     k = max(steps)
     hp = StackHParams(
         seeds=torch.arange(b) + seed,

@@ -446,6 +446,7 @@ def select_lr(
     grid: Sequence[float],
     optimizer: str = "adam",
     seed: int = 0,
+    keep_init: bool = False,
 ) -> tuple[float, torch.Tensor]:
     """One fine-tuning learning rate for an initialisation family, chosen on validation.
 
@@ -472,11 +473,15 @@ def select_lr(
     optimizer : {"adam", "adamw", "sgd"}
     seed : int
         Batch-order seed of :func:`finetune_curves`.
+    keep_init : bool
+        Not fine-tuning at all (rate ``0``) is a candidate too, chosen when ``init``
+        itself is at least as good on validation as every rate of ``grid`` (fine-tuning
+        then cannot make a good initialisation worse on validation).
 
     Returns
     -------
     lr : float
-        The chosen rate.
+        The chosen rate (``0.0``: keep the initialisation).
     table : Tensor (B, 1 + len(grid))
         Validation accuracy per member: column 0 of ``init`` itself (not fine-tuned),
         column ``1 + g`` after fine-tuning with ``grid[g]`` (NaN where it diverged); compare
@@ -508,6 +513,8 @@ def select_lr(
             "weights, or the arguments are invalid: see the chained error); add smaller rates"
         ) from failure
     best = int(means.nan_to_num(nan=-torch.inf).argmax())
+    if keep_init and float(table[:, 0].mean()) >= float(means[best]):
+        return 0.0, table
     return rates[best], table
 
 

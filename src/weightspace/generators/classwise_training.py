@@ -215,7 +215,8 @@ def fit_classwise_diffusion(
     cfg, dev = model.config, model.metric.device
     ck = None
     if checkpoint is not None:
-        run = {"config": {k: v for k, v in cfg.to_dict().items() if k != "sampling"},
+        sample_time = ("sampling", "identify")  # rules of sampling, not of training
+        run = {"config": {k: v for k, v in cfg.to_dict().items() if k not in sample_time},
                "seed": seed, "device": dev.type}  # fmt: skip
         tensors = (rows, task_of_row, bank.feats, bank.counts, *model.state_dict().values())
         ck = checkpoint.open("classwise_diffusion", run, *tensors)

@@ -19,7 +19,11 @@ task, whether the generator may speak:
 * a task is **known** when its ``K`` classes can be matched one-to-one to ``K`` distinct
   known classes each within ``tau`` (a perfect matching in the bipartite graph of pairs
   within ``tau``: an assignment of 0/1 costs, Hungarian algorithm, has cost 0), i.e.
-  the support set looks like a new combination of classes the generator has seen.
+  the support set looks like a new combination of classes the generator has seen;
+* on a known task, each class **is identified** with the known class it is matched to
+  (the all-within-``tau`` matching of least total distance, :func:`match_known`): the
+  generator may then use that class's centre, which the zoo knows from all its training
+  samples, instead of the noisy ``shots``-sample mean.
 
 Under a Gaussian model with the metric's covariance, ``shots * D`` is chi-square with
 ``d`` degrees of freedom for a known class; the quantile is taken empirically instead,
@@ -101,10 +105,15 @@ def fit_known_classes(
     return torch.stack(centres), tau
 
 
-def known_tasks(
+def match_known(
     means: torch.Tensor, centres: torch.Tensor, metric: torch.Tensor, tau: float
-) -> torch.Tensor:
-    """Whether each task's classes match distinct known classes within ``tau``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The known-class test and, for the tasks that pass it, which known class each class is.
+
+    Among the one-to-one maps of a task's ``K`` classes to distinct known classes with
+    every pair within ``tau``, the one of least total distance (a min-cost assignment in
+    which a pair beyond ``tau`` costs more than any ``K`` pairs within it, so it is used
+    only when no map avoids one: then the task fails).
 
     Parameters
     ----------
@@ -115,21 +124,35 @@ def known_tasks(
 
     Returns
     -------
-    BoolTensor (B,)
+    known : BoolTensor (B,)
         False for a task with more classes than there are known classes.
+    match : LongTensor (B, K)
+        Row of ``centres`` matched to each class; ``-1`` throughout on unknown tasks.
     """
     if means.ndim != 3:
         raise ShapeError(f"class means must be (B, K, d), got {tuple(means.shape)}")
     b, k = means.shape[:2]
+    known = np.zeros(b, dtype=bool)
+    match = np.full((b, k), -1, dtype=np.int64)
     if k > centres.shape[0]:
-        return torch.zeros(b, dtype=torch.bool)
+        return torch.from_numpy(known), torch.from_numpy(match)
     dist = metric_distances(means, centres, metric).double().cpu().numpy()
-    out = np.zeros(b, dtype=bool)
-    for i, cost in enumerate(dist):
-        near = cost <= tau
-        rows, cols = linear_sum_assignment((~near).astype(float))  # 0 on near pairs
-        out[i] = bool(near[rows, cols].all())
-    return torch.from_numpy(out)
+    big = k * max(float(tau), 0.0) + 1.0  # > the cost of any all-near map
+    for i, d in enumerate(dist):
+        near = d <= tau
+        rows, cols = linear_sum_assignment(np.where(near, d, big))
+        if near[rows, cols].all():
+            known[i] = True
+            match[i, rows] = cols
+    return torch.from_numpy(known), torch.from_numpy(match)
 
 
-__all__ = ["fit_known_classes", "known_tasks", "metric_distances"]
+def known_tasks(
+    means: torch.Tensor, centres: torch.Tensor, metric: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """Whether each task's classes match distinct known classes within ``tau``: the
+    ``known`` half of :func:`match_known`, BoolTensor ``(B,)``."""
+    return match_known(means, centres, metric, tau)[0]
+
+
+__all__ = ["fit_known_classes", "known_tasks", "match_known", "metric_distances"]

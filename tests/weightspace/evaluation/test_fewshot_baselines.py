@@ -271,6 +271,32 @@ def test_select_lr_table_is_validation_accuracy_and_takes_no_test_split(lr_setti
         fb.select_lr(template, init, idx, support, val, 3, (0.0, 0.1))
 
 
+def test_select_lr_keeps_a_good_init_only_when_asked(lr_setting):
+    template, _, idx, support, val = lr_setting
+    # heads fine-tuned already: a large rate makes them worse on validation
+    init = {k: v.clone() for k, v in _finetuned(template, lr_setting[1], idx, support).items()}
+    lr, table = fb.select_lr(template, init, idx, support, val, 3, (5.0,), keep_init=True)
+    assert table[:, 0].mean() >= table[:, 1].mean() and lr == 0.0
+    assert fb.select_lr(template, init, idx, support, val, 3, (5.0,))[0] == 5.0
+    # a random init: fine-tuning helps, and keep_init does not block it
+    assert fb.select_lr(template, lr_setting[1], idx, support, val, 10, (0.05,),
+                        keep_init=True)[0] == 0.05  # fmt: skip
+    # rate 0 leaves the init unchanged at every step
+    curve = finetune_curves(template, init, idx, support, val, [1, 3], 0.0)
+    assert torch.equal(curve, table[:, :1].repeat(1, 3))
+
+
+def _finetuned(template, init, idx, support):
+    """The random heads fine-tuned for 30 steps (a good initialisation)."""
+    from weightspace.zoo.train import StackHParams, train_stack
+
+    b = len(idx)
+    hp = StackHParams(seeds=torch.arange(b), lr=torch.full((b,), 0.05),
+                      weight_decay=torch.zeros(b), epochs=torch.full((b,), 30),
+                      init_scale=torch.ones(b))  # fmt: skip
+    return train_stack(template, hp, idx, support, support.n_max, init=init).final
+
+
 def test_predict_stack_agrees_with_hand_logits():
     """The hand logits used above are the HEAD module's logits (names and layout)."""
     gen = torch.Generator().manual_seed(9)

@@ -231,6 +231,38 @@ def test_tasks_of_unknown_classes_get_exactly_their_anchor_heads():
     assert off.known(far).all() and off.known_centres.shape == (0, 6)
 
 
+def test_known_tasks_are_sampled_from_their_identified_classes_centres():
+    bank, classes, task_of_row = _synthetic_zoo()
+    model = _model(novelty_quantile=0.99)
+    fit_classwise(model, bank, task_of_row, torch.randn(4, 3, 7), classes, seed=0)
+    sets = bank.sample(torch.tensor([0, 1]), 3, torch.Generator().manual_seed(1))
+    known, match = model.match(sets)
+    assert known.tolist() == [True, True]
+    assert torch.equal(match, classes)  # known classes 0..3 in pool-id order
+    ident = model.identified(sets, match)
+    torch.testing.assert_close(class_means(ident), model.known_centres[classes] + model.feat_mean)
+    torch.testing.assert_close(  # the spread of the shots is kept
+        ident - class_means(ident)[:, :, None], sets - class_means(sets)[:, :, None]
+    )
+    rows = model.sample(sets, 3, torch.Generator().manual_seed(0))
+    want = model.sample(ident, 3, torch.Generator().manual_seed(0), identify=False)
+    plain = model.sample(sets, 3, torch.Generator().manual_seed(0), identify=False)
+    torch.testing.assert_close(rows, want)
+    assert not torch.allclose(rows, plain, atol=1e-3)
+    # an unknown task is not identified: its rows do not depend on the option
+    far = sets.clone()
+    far[1, 0] += 50.0
+    assert model.match(far)[1][1].tolist() == [-1, -1, -1]
+    on = model.sample(far, 3, torch.Generator().manual_seed(0), fallback=False)
+    off = model.sample(far, 3, torch.Generator().manual_seed(0), fallback=False, identify=False)
+    torch.testing.assert_close(on[3:], off[3:])
+    assert not torch.allclose(on[:3], off[:3], atol=1e-3)
+    # no test, no identification
+    no_test = _model(novelty_quantile=None)
+    fit_classwise(no_test, bank, task_of_row, torch.randn(4, 3, 7), classes, seed=0)
+    assert bool((no_test.match(sets)[1] == -1).all())
+
+
 def test_unconditional_ablation_has_no_condition_and_no_anchor():
     bank, classes, task_of_row = _synthetic_zoo()
     model = _model(conditional=False, anchor="none")
@@ -251,6 +283,7 @@ def test_unconditional_ablation_has_no_condition_and_no_anchor():
         ({"novelty_quantile": 1.0}, "novelty_quantile"),
         ({"novelty_quantile": True}, "novelty_quantile"),
         ({"sampling": {"temperature": -1.0}}, "temperature"),
+        ({"identify": "yes"}, "identify"),
     ],
 )
 def test_config_rejects_bad_values(changes, match):

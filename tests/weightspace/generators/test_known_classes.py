@@ -11,6 +11,7 @@ from weightspace.errors import InvalidParameterError, ShapeError
 from weightspace.generators.known_classes import (
     fit_known_classes,
     known_tasks,
+    match_known,
     metric_distances,
 )
 
@@ -55,6 +56,46 @@ def test_known_tasks_is_a_perfect_matching_within_tau_against_brute_force():
     assert bool(known_tasks(centres[[4, 0, 2]][None], centres, metric, 1e-6)[0])
     # more classes than known classes: never known
     assert not bool(known_tasks(means[:1], centres[:2], metric, 1e9)[0])
+
+
+def _brute_force_match(dist: torch.Tensor, tau: float) -> tuple[float, tuple[int, ...]] | None:
+    """The least total distance over injective maps with every pair within tau."""
+    k, p = dist.shape
+    best = None
+    for perm in itertools.permutations(range(p), k):
+        if all(float(dist[i, j]) <= tau for i, j in enumerate(perm)):
+            cost = sum(float(dist[i, j]) for i, j in enumerate(perm))
+            if best is None or cost < best[0]:
+                best = (cost, perm)
+    return best
+
+
+def test_match_known_is_the_least_distance_map_within_tau_against_brute_force():
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.randn(6, 3, generator=gen) * 2
+    metric = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.0], [0.0, 0.0, 0.5]])
+    means = torch.randn(200, 3, 3, generator=gen) * 2
+    dist = metric_distances(means, centres, metric)
+    n_known = 0
+    for tau in (1.0, 4.0, 1e9):
+        known, match = match_known(means, centres, metric, tau)
+        assert torch.equal(known, known_tasks(means, centres, metric, tau))
+        for d, ok, m in zip(dist, known, match, strict=True):
+            want = _brute_force_match(d, tau)
+            assert bool(ok) == (want is not None)
+            if want is None:
+                assert torch.equal(m, torch.full((3,), -1))
+                continue
+            n_known += 1
+            got_cost = float(d[torch.arange(3), m].sum())
+            assert got_cost == pytest.approx(want[0], rel=1e-6, abs=1e-6)
+            assert len(set(m.tolist())) == 3 and bool((d[torch.arange(3), m] <= tau).all())
+    assert 0 < n_known < 600  # both outcomes occur
+    # the nearest centre is not always the answer: two classes nearest one centre
+    c = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    means2 = torch.tensor([[[0.2, 0.0], [0.9, 0.0]]])  # both nearest centre 0
+    known2, match2 = match_known(means2, c, torch.eye(2), 10.0)
+    assert bool(known2[0]) and match2[0].tolist() == [0, 1]  # 0.04 + 4.41 < 0.81 + 7.84
 
 
 def test_fit_known_classes_calibrates_on_the_known_classes():

@@ -187,9 +187,10 @@ def evaluate(
     others["whole_head"] = weight_sampler(whole_head, weights.weight_set, s.seed)
     if model.config.anchor != "none":
         others["anchor_only"] = anchor_sampler(model, names)
-    # The method's sampler without its two sampling rules: temperature 1, no fallback.
+    # The method's sampler without its sampling rules: temperature 1, no fallback to the
+    # anchor, no identification of known classes.
     others["plain_sampling"] = classwise_sampler(
-        model, names, s.seed, temperature=1.0, fallback=False
+        model, names, s.seed, temperature=1.0, fallback=False, identify=False
     )
     scores = proto.evaluate_fewshot(
         lambda: zoo.arch_spec(zoo.model_ids[0]).build(), classwise_sampler(model, names, s.seed),

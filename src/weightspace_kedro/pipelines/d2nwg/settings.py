@@ -241,6 +241,10 @@ class HeadsSettings:
             raise InvalidParameterError(
                 f"comparisons.lr_grid must be a non-empty list of numbers > 0, got {c.lr_grid!r}"
             )
+        if not isinstance(c.keep_init, bool):
+            raise InvalidParameterError(
+                f"comparisons.keep_init must be true or false, got {c.keep_init!r}"
+            )
         if not 0 < c.copy_ratio <= 1:
             raise InvalidParameterError(
                 f"comparisons.copy_ratio must be in (0, 1], got {c.copy_ratio!r}"
