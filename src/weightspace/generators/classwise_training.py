@@ -25,6 +25,9 @@ from weightspace.generators.diffusion_loop import train_diffusion_loop
 from weightspace.generators.known_classes import fit_known_classes
 from weightspace.generators.training_checkpoint import CheckpointPolicy
 
+SAMPLE_TIME_BUFFERS = ("known_centres", "novelty_tau")
+"""Buffers of the known-class test: fitted in stage 1, read only when sampling."""
+
 
 def _check_rows(rows: torch.Tensor, task_of_row: torch.Tensor, bank: ClassFeatureBank) -> None:
     if rows.ndim != 3 or task_of_row.shape != rows.shape[:1]:
@@ -107,7 +110,7 @@ def fit_anchor(
     if q is not None:
         centres, tau = fit_known_classes(
             feats.to(dev) - model.feat_mean, labels.to(dev), model.metric, model.config.shots,
-            q, seed,
+            q, seed, way=int(task_classes.shape[1]),
         )  # fmt: skip
         model.known_centres = centres
         model.novelty_tau.fill_(tau)
@@ -215,10 +218,13 @@ def fit_classwise_diffusion(
     cfg, dev = model.config, model.metric.device
     ck = None
     if checkpoint is not None:
-        sample_time = ("sampling", "identify")  # rules of sampling, not of training
+        # Rules of sampling (the known-class test, identification, DDIM settings) do not
+        # change what the diffusion learns: they stay out of the checkpoint's identity.
+        sample_time = ("sampling", "identify", "novelty_quantile")
         run = {"config": {k: v for k, v in cfg.to_dict().items() if k not in sample_time},
                "seed": seed, "device": dev.type}  # fmt: skip
-        tensors = (rows, task_of_row, bank.feats, bank.counts, *model.state_dict().values())
+        state = [v for k, v in model.state_dict().items() if k not in SAMPLE_TIME_BUFFERS]
+        tensors = (rows, task_of_row, bank.feats, bank.counts, *state)
         ck = checkpoint.open("classwise_diffusion", run, *tensors)
     sync_module(model, world)
     check_same_data(world, "class-wise diffusion", rows, task_of_row, bank.feats, bank.counts)

@@ -15,7 +15,8 @@ task, whether the generator may speak:
   (the shrunk inverse within-class covariance) and ``tau`` the ``quantile`` of the same
   distance between ``shots``-sample means of a known class and that class's own mean
   (drawn from the zoo's training features: a one-sided test calibrated on known classes
-  only, no novel data involved);
+  only, no novel data involved), at the per-class level ``quantile ** (1 / K)`` so that
+  a task of ``K`` known classes passes with probability ``quantile`` (Sidak);
 * a task is **known** when its ``K`` classes can be matched one-to-one to ``K`` distinct
   known classes each within ``tau`` (a perfect matching in the bipartite graph of pairs
   within ``tau``: an assignment of 0/1 costs, Hungarian algorithm, has cost 0), i.e.
@@ -61,9 +62,16 @@ def fit_known_classes(
     shots: int,
     quantile: float,
     seed: int,
-    draws: int = 256,
+    draws: int = 1024,
+    way: int = 1,
 ) -> tuple[torch.Tensor, float]:
     """Known class centres and the distance threshold ``tau``.
+
+    ``quantile`` is the share of *tasks* of ``way`` known classes that should pass: every
+    class must be within ``tau``, so ``tau`` is the per-class quantile
+    ``quantile ** (1 / way)`` (Sidak: with the classes' support sets drawn independently a
+    known task then passes with probability at least ``quantile``). With the per-class
+    quantile at ``quantile`` itself, 1 - 0.99^5 = 5% of known 5-way tasks would fail.
 
     Parameters
     ----------
@@ -75,9 +83,13 @@ def fit_known_classes(
     shots : int
         Samples per class in a support set.
     quantile : float
-        In ``(0, 1)``: the share of known-class support means that pass the test.
+        In ``(0, 1)``: the share of known ``way``-class tasks that pass the test.
     seed : int
         Seeds the ``draws`` support sets drawn per class.
+    draws : int
+        Support sets drawn per class for the empirical quantile.
+    way : int
+        Classes per task (>= 1).
 
     Returns
     -------
@@ -87,6 +99,8 @@ def fit_known_classes(
     """
     if not 0.0 < quantile < 1.0:
         raise InvalidParameterError(f"the novelty quantile must be in (0, 1), got {quantile}")
+    if isinstance(way, bool) or not isinstance(way, int) or way < 1:
+        raise InvalidParameterError(f"way (classes per task) must be an integer >= 1, got {way!r}")
     if feats.ndim != 2 or labels.shape != feats.shape[:1]:
         raise ShapeError(
             f"features must be (N, d) with labels (N,), got {tuple(feats.shape)}, "
@@ -101,7 +115,7 @@ def fit_known_classes(
         means = x[pick].mean(1)
         own.append(metric_distances(means, centre[None], metric)[:, 0])
         centres.append(centre)
-    tau = float(torch.quantile(torch.cat(own).double(), quantile))
+    tau = float(torch.quantile(torch.cat(own).double(), quantile ** (1.0 / way)))
     return torch.stack(centres), tau
 
 

@@ -263,6 +263,31 @@ def test_known_tasks_are_sampled_from_their_identified_classes_centres():
     assert bool((no_test.match(sets)[1] == -1).all())
 
 
+def test_sampling_rules_do_not_change_the_diffusion_checkpoint(tmp_path):
+    """The known-class test, identification and DDIM settings are read only when sampling:
+    changing them reuses the training checkpoint; a training setting does not."""
+    from dataclasses import replace
+
+    from weightspace.generators.training_checkpoint import CheckpointPolicy
+
+    bank, classes, task_of_row = _synthetic_zoo()
+    rows = torch.randn(4, 3, 7)
+    policy = CheckpointPolicy(str(tmp_path), 3)
+
+    def run(**changes):
+        model = _model(**changes)
+        fit_classwise(model, bank, task_of_row, rows, classes, seed=0, checkpoint=policy)
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    first = run(novelty_quantile=0.99)
+    assert len(first) == 1
+    again = run(novelty_quantile=0.5, identify=False,
+                sampling=SamplingConfig(steps=2, temperature=0.3))  # fmt: skip
+    assert again == first
+    trained = run(diffusion=replace(_model().config.diffusion, lr=1e-3))
+    assert len(trained) == 2
+
+
 def test_unconditional_ablation_has_no_condition_and_no_anchor():
     bank, classes, task_of_row = _synthetic_zoo()
     model = _model(conditional=False, anchor="none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -122,3 +123,12 @@ def test_fit_known_classes_calibrates_on_the_known_classes():
     assert tau2 == tau and torch.equal(again, got)  # seeded
     with pytest.raises(InvalidParameterError, match="quantile"):
         fit_known_classes(feats, labels, metric, shots=5, quantile=1.0, seed=0)
+    # a task of 3 known classes passes at the task-level rate: per-class level 0.9^(1/3)
+    _, tau3 = fit_known_classes(feats, labels, metric, shots=5, quantile=0.9, seed=0, way=3)
+    q3 = 0.9 ** (1 / 3)  # 0.9655; chi2(2) quantile -2 ln(1 - q3) = 6.73
+    assert tau3 == pytest.approx(-2 * math.log(1 - q3) / 5, rel=0.2) and tau3 > tau
+    tasks = known_tasks(means, got, metric, tau3)  # fresh (400, 3) known tasks
+    assert 0.85 < float(tasks.float().mean()) < 0.97
+    assert float(known_tasks(means, got, metric, tau).float().mean()) < 0.85  # ~0.9^3
+    with pytest.raises(InvalidParameterError, match="way"):
+        fit_known_classes(feats, labels, metric, shots=5, quantile=0.9, seed=0, way=0)
