@@ -39,8 +39,13 @@ VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("linear probe, converged (lr on val)", "probe_converged", ("unseen", "novel")),
     ("ablation: anchor only (no diffusion)", "anchor_only", ("seen", "unseen", "novel")),
     (
-        "ablation: temperature 1, no known-class fallback",
+        "ablation: temperature 1, no known-class fallback, no identification",
         "plain_sampling",
+        ("seen", "unseen", "novel"),
+    ),
+    (
+        "ablation: no identification (5-shot means)",
+        "no_identification",
         ("seen", "unseen", "novel"),
     ),
     ("ablation: no contrastive alignment", "no_alignment", ("seen", "unseen", "novel")),

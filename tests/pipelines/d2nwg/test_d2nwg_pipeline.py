@@ -61,6 +61,7 @@ def test_both_scenarios_run_resume_and_reproduce(tmp_path):
     # The method's sampling rules: its plain-sampling ablation and the known-class test.
     for g in ("seen", "unseen", "novel"):
         assert 0.0 <= first[f"{g}_plain_sampling_acc"] <= 1.0
+        assert 0.0 <= first[f"{g}_no_identification_acc"] <= 1.0
         assert 0.0 <= first[f"{g}_known_task_share"] <= 1.0
     assert first["classwise_known_classes"] > 0 and first["classwise_novelty_tau"] > 0
     # Scenario (b): 3 datasets x 2 networks, prefixed keys.

@@ -192,6 +192,8 @@ def evaluate(
     others["plain_sampling"] = classwise_sampler(
         model, names, s.seed, temperature=1.0, fallback=False, identify=False
     )
+    # ... and without identification only: conditioned on the support sets' own 5-shot means.
+    others["no_identification"] = classwise_sampler(model, names, s.seed, identify=False)
     scores = proto.evaluate_fewshot(
         lambda: zoo.arch_spec(zoo.model_ids[0]).build(), classwise_sampler(model, names, s.seed),
         classwise_embedder(model), groups, oracle_acc, heads, s.evaluation,
