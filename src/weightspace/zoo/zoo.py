@@ -76,6 +76,8 @@ class Zoo:
                 "Delete the zoo folder and re-run the zoo pipeline"
             )
         self.index = index.reset_index(drop=True)
+        self._positions: dict[str, int] = {}
+        self._positions_of: pd.DataFrame | None = None
         self.root = Path(root) if root is not None else None
         self._tensors: dict[str, dict[str, torch.Tensor]] = {
             k: dict(v) for k, v in (tensors or {}).items()
@@ -109,11 +111,32 @@ class Zoo:
         return self.index["model_id"].tolist()
 
     def row(self, model_id: str) -> pd.Series:
-        """The index row of ``model_id``."""
-        hit = self.index[self.index["model_id"] == model_id]
-        if hit.empty:
+        """The index row of ``model_id`` (the first, should an id repeat)."""
+        return self.index.iloc[self._position(model_id)]
+
+    def _position(self, model_id: str) -> int:
+        """Row position of ``model_id`` in :attr:`index`, in O(1).
+
+        A map ``model_id -> position`` is built once per index and checked on every use
+        (the row at that position must still hold that id), so an index replaced or
+        reordered in place is re-mapped, never misread. Lookups of a 10,000-model zoo were
+        a boolean mask over the whole index each (O(N) per model, O(N^2) per stack).
+        """
+        ids = self.index["model_id"]
+        pos = self._positions.get(model_id) if self._positions_of is self.index else None
+        if pos is None or pos >= len(ids) or ids.iat[pos] != model_id:
+            self._positions = {}
+            for i, m in enumerate(ids.tolist()):
+                self._positions.setdefault(m, i)
+            self._positions_of = self.index
+            pos = self._positions.get(model_id)
+        if pos is None:
             raise KeyError(f"model {model_id!r} is not in this zoo")
-        return hit.iloc[0]
+        return pos
+
+    def _value(self, model_id: str, column: str) -> Any:
+        """One cell of ``model_id``'s index row (without building the row's Series)."""
+        return self.index[column].iat[self._position(model_id)]
 
     def has_tensors_in_memory(self, model_id: str) -> bool:
         """True if the checkpoint has not been read from / written to disk yet."""
@@ -123,19 +146,19 @@ class Zoo:
         """Absolute path of a saved checkpoint."""
         if self.root is None:
             raise EmptyZooError("this zoo has no root folder; save it first")
-        return self.root / str(self.row(model_id)["path"])
+        return self.root / str(self._value(model_id, "path"))
 
     def state(self, model_id: str, verify: bool = True) -> dict[str, torch.Tensor]:
         """State dict of one model (from memory, or read and hash-verified from disk)."""
         if model_id in self._tensors:
             return self._tensors[model_id]
-        row = self.row(model_id)
-        expected = str(row["sha256"]) if verify and row["sha256"] else None
+        sha = self._value(model_id, "sha256")
+        expected = str(sha) if verify and sha else None
         return checkpoint.read(self.file_path(model_id), expected_sha256=expected).state
 
     def arch_spec(self, model_id: str) -> ArchSpec:
         """Architecture of one model."""
-        return ArchSpec.from_dict(json.loads(self.row(model_id)["arch_key"]))
+        return ArchSpec.from_dict(json.loads(self._value(model_id, "arch_key")))
 
     def module(self, model_id: str) -> nn.Module:
         """The trained module (eval mode)."""
@@ -161,7 +184,7 @@ class Zoo:
         ids = list(model_ids)
         if not ids:
             raise EmptyZooError("cannot stack an empty selection of models")
-        keys = {self.row(m)["arch_key"] for m in ids}
+        keys = {self._value(m, "arch_key") for m in ids}
         if len(keys) != 1:
             raise CheckpointMismatchError(
                 f"models to stack must share one architecture, got {len(keys)}; select by "
