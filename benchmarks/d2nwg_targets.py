@@ -53,6 +53,7 @@ VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("whole-head D2NWG (paper's chunk VAE)", "whole_head", ("seen", "unseen", "novel")),
     ("zoo heads, mean", "zoo_mean", ("seen",)),
     ("zoo heads, best of 4 on val", "zoo_best_of_k", ("seen",)),
+    ("zoo heads, best of all seeds on val (4 CPU, 8 GPU)", "zoo_best_of_all", ("seen",)),
     ("oracle (full training split)", "oracle", ("unseen", "novel")),
 ]
 

@@ -13,7 +13,8 @@ one gets almost for free from the same support set or the same zoo:
 - :func:`nearest_member_matched` — the nearest zoo member (as
   :func:`weightspace.evaluation.d2nwg_protocol.nearest_member_init`) with its rows
   reordered to the query's classes by an optimal one-to-one matching of class prototypes;
-- :func:`zoo_best_of_k` — per zoo task, the test accuracy of its best-validation member;
+- :func:`zoo_best_of_k` — per zoo task, the test accuracy of its best-validation member
+  among ``k`` members (exact expectation over the ``k``-subsets of its members);
 - :func:`select_lr` — one fine-tuning learning rate per initialisation family, chosen on
   validation accuracy so that test data never steers fine-tuning.
 
@@ -25,6 +26,7 @@ stacked tensor as the class axis, which is exactly the case for such a head.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -399,8 +401,17 @@ def zoo_best_of_k(
     test_acc: torch.Tensor,
     task_of_row: torch.Tensor,
     tasks: torch.Tensor,
+    k: int | None = None,
 ) -> torch.Tensor:
-    """Test accuracy of each task's zoo member with the best validation accuracy.
+    """Test accuracy of the best-validation member among ``k`` of each task's zoo members.
+
+    With ``k`` below a task's ``n`` members it is the *expected* test accuracy of the
+    best-validation member of ``k`` members drawn without replacement (every ``k``-subset
+    equally likely), computed exactly: with the members ranked by validation accuracy
+    (``i = 0`` the best; ties go to the lower row), member ``i`` is the best of a random
+    ``k``-subset with probability ``C(n - 1 - i, k - 1) / C(n, k)`` (the subset holds it
+    and ``k - 1`` of the ``n - 1 - i`` members ranked below it). This is "the zoo's
+    best-of-k" whatever the zoo's seeds per task, without choosing which ``k`` count.
 
     Parameters
     ----------
@@ -410,29 +421,47 @@ def zoo_best_of_k(
         Zoo task of every member.
     tasks : LongTensor (T,)
         Tasks to score.
+    k : int, optional
+        Members to choose from; default every member of the task (``k = n``: the test
+        accuracy of its best-validation member).
 
     Returns
     -------
     Tensor (T,)
-        Ties in validation accuracy go to the first (lowest-row) member.
 
     Raises
     ------
     EmptyZooError
         If a task has no member.
+    InvalidParameterError
+        If ``k < 1`` or a task has fewer than ``k`` members.
     """
     if not val_acc.shape == test_acc.shape == task_of_row.shape or val_acc.dim() != 1:
         raise ShapeError(
             f"val_acc, test_acc and task_of_row must all be (Z,), got {tuple(val_acc.shape)}, "
             f"{tuple(test_acc.shape)}, {tuple(task_of_row.shape)}"
         )
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise InvalidParameterError(f"k must be an integer >= 1, got {k!r}")
     out = []
     for t in tasks.reshape(-1).tolist():
         rows = (task_of_row == t).nonzero().flatten()
-        if len(rows) == 0:
+        n = len(rows)
+        if n == 0:
             raise EmptyZooError(f"zoo task {t} has no member; score only tasks in task_of_row")
-        best = rows[(val_acc[rows] == val_acc[rows].max()).nonzero()[0, 0]]
-        out.append(test_acc[best])
+        kk = n if k is None else k
+        if kk > n:
+            raise InvalidParameterError(
+                f"zoo task {t} has {n} members, fewer than the best-of-{kk} asked for; lower "
+                "the k (comparisons.zoo_best_of) or train more seeds per task"
+            )
+        order = torch.sort(-val_acc[rows].double(), stable=True).indices  # rows ascend
+        ranked = test_acc[rows][order].double()
+        weight = torch.tensor(
+            [math.comb(n - 1 - i, kk - 1) / math.comb(n, kk) for i in range(n)],
+            dtype=torch.float64, device=ranked.device,
+        )  # fmt: skip
+        out.append((weight * ranked).sum().to(test_acc.dtype))
     return torch.stack(out) if out else test_acc.new_zeros(0)
 
 

@@ -109,11 +109,15 @@ def comparison_metrics(c: ComparisonScores) -> dict[str, float]:
 
     Keys: ``{group}_{baseline}_acc`` (prototype, lookup, nearest_member, probe,
     probe_converged), ``{group}_{ablation}_acc`` (unconditional, no_alignment,
-    whole_head), ``seen_zoo_best_of_k_acc``, ``{group}_finetune_{init}_acc`` and
+    whole_head), ``seen_zoo_best_of_k_acc`` (``comparisons.zoo_best_of`` members) and
+    ``seen_zoo_best_of_all_acc`` (every member), ``{group}_finetune_{init}_acc`` and
     ``_lr``, ``memorization_copy_share_{group}`` (and the rule's reference distance,
     threshold and median nearest distance), ``{ablation}_memorization_copy_share_seen``.
     """
-    out: dict[str, float] = {"seen_zoo_best_of_k_acc": c.zoo_best_of_k}
+    out: dict[str, float] = {
+        "seen_zoo_best_of_k_acc": c.zoo_best_of_k,
+        "seen_zoo_best_of_all_acc": c.zoo_best_of_all,
+    }
     for table in (c.baselines, c.ablations):
         for g, row in table.items():
             out.update({f"{g}_{_slug(n)}_acc": float(v) for n, v in row.items()})

@@ -93,6 +93,8 @@ def test_both_scenarios_run_resume_and_reproduce(tmp_path):
         (("d2nwg_networks", "settings", "evaluation", "shots"), "five",
          r"d2nwg_networks\.settings\.evaluation\.shots.*must be a int"),
         (("d2nwg_heads", "settings", "heads", "train", "lr"), -0.1, "lr must be > 0"),
+        (("d2nwg_heads", "settings", "comparisons", "zoo_best_of"), 3,
+         r"comparisons\.zoo_best_of \(3\) must be <= heads\.seeds \(2\)"),
     ],
 )  # fmt: skip
 def test_bad_parameter_fails_first_naming_key_and_file(tmp_path, path, value, match):

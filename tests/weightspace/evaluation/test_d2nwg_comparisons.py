@@ -56,6 +56,7 @@ def test_comparison_metric_keys():
         baselines={"unseen": {"prototype": 0.9, "probe (converged)": 0.8}},
         ablations={"novel": {"unconditional": 0.2}},
         zoo_best_of_k=0.95,
+        zoo_best_of_all=0.97,
         finetune={
             "unseen": FinetuneResult((1, 5), {"nearest member": curve}, {"nearest member": 0.01})
         },
@@ -67,6 +68,7 @@ def test_comparison_metric_keys():
     assert m["unseen_probe_converged_acc"] == 0.8
     assert m["novel_unconditional_acc"] == 0.2
     assert m["seen_zoo_best_of_k_acc"] == 0.95
+    assert m["seen_zoo_best_of_all_acc"] == 0.97
     assert m["unseen_finetune_nearest_acc"] == pytest.approx(0.7)  # mean of the last column
     assert m["unseen_finetune_nearest_lr"] == 0.01
     assert m["memorization_copy_share_novel"] == 0.25

@@ -227,6 +227,52 @@ def test_zoo_best_of_k_by_hand():
         fb.zoo_best_of_k(val, test, task_of_row, torch.tensor([2]))
 
 
+def _best_of_k_brute(val, test, rows, k):
+    """Mean over every k-subset of the rows of its best-validation member's test accuracy
+    (ties: the lower row), the definition ``zoo_best_of_k`` computes in closed form."""
+    picks = []
+    for sub in itertools.combinations(rows, k):
+        best = max(sub, key=lambda r: (float(val[r]), -r))
+        picks.append(float(test[best]))
+    return sum(picks) / len(picks)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_zoo_best_of_k_equals_the_mean_over_every_subset(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n_tasks, n = 5, 7
+    task_of_row = torch.arange(n_tasks).repeat(n)[torch.randperm(n_tasks * n, generator=gen)]
+    # coarse validation accuracies: ties are common and must go to the lower row
+    val = torch.randint(0, 4, (n_tasks * n,), generator=gen).float() / 4
+    test = torch.rand(n_tasks * n, generator=gen, dtype=torch.float64)
+    tasks = torch.arange(n_tasks)
+    for k in range(1, n + 1):
+        got = fb.zoo_best_of_k(val, test, task_of_row, tasks, k)
+        for t in range(n_tasks):
+            rows = (task_of_row == t).nonzero().flatten().tolist()
+            assert float(got[t]) == pytest.approx(_best_of_k_brute(val, test, rows, k), abs=1e-12)
+    # k = n is the best-validation member itself, as without k (bitwise)
+    assert torch.equal(fb.zoo_best_of_k(val, test, task_of_row, tasks, n),
+                       fb.zoo_best_of_k(val, test, task_of_row, tasks))  # fmt: skip
+    # k = 1 is the mean member
+    mean = torch.stack([test[task_of_row == t].mean() for t in range(n_tasks)])
+    assert torch.allclose(fb.zoo_best_of_k(val, test, task_of_row, tasks, 1), mean)
+
+
+def test_zoo_best_of_k_by_hand_with_fewer_than_all_members():
+    val = torch.tensor([0.9, 0.8, 0.7])  # ranked: rows 0, 1, 2
+    test = torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64)
+    task_of_row = torch.zeros(3, dtype=torch.long)
+    # pairs {0,1} -> 0.3, {0,2} -> 0.3, {1,2} -> 0.6: mean 0.4
+    got = fb.zoo_best_of_k(val, test, task_of_row, torch.tensor([0]), 2)
+    assert float(got[0]) == pytest.approx(0.4, abs=1e-15)
+    with pytest.raises(InvalidParameterError, match="3 members, fewer than the best-of-4"):
+        fb.zoo_best_of_k(val, test, task_of_row, torch.tensor([0]), 4)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(InvalidParameterError, match="k must be an integer"):
+            fb.zoo_best_of_k(val, test, task_of_row, torch.tensor([0]), bad)
+
+
 # --- learning-rate selection ---------------------------------------------------------------
 
 

@@ -245,6 +245,12 @@ class HeadsSettings:
             raise InvalidParameterError(
                 f"comparisons.keep_init must be true or false, got {c.keep_init!r}"
             )
+        _int("comparisons.zoo_best_of", c.zoo_best_of, 1)
+        if c.zoo_best_of > self.heads.seeds:
+            raise InvalidParameterError(
+                f"comparisons.zoo_best_of ({c.zoo_best_of}) must be <= heads.seeds "
+                f"({self.heads.seeds}): the zoo's best-of-k chooses among a task's members"
+            )
         if not 0 < c.copy_ratio <= 1:
             raise InvalidParameterError(
                 f"comparisons.copy_ratio must be in (0, 1], got {c.copy_ratio!r}"
