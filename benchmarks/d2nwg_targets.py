@@ -117,6 +117,12 @@ def targets(m: Mapping[str, float]) -> list[Row]:
             g("seen_sampled_best_acc") >= g("seen_zoo_best_of_k_acc"),
         ),
         (
+            "seen: the same per task, 95% t-interval upper bound",
+            g("seen_best_minus_zoo_best_of_k_ci_high"),
+            "> 0: not below beyond the spread",
+            not g("seen_best_minus_zoo_best_of_k_ci_high") <= 0,  # NaN: not measured
+        ),
+        (
             "unseen: sampled mean - unconditional",
             uncond_gap,
             "> 0.05 (encoding matters)",

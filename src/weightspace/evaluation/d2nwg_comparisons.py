@@ -228,7 +228,8 @@ class ComparisonScores:
     zoo_best_of_all : float
         The same among all the task's members (more than ``zoo_best_of`` when the zoo
         trained more seeds per task: 8 in the GPU config).
-    finetune : dict
+    zoo_best_per_task : Tensor (T,), optional
+        ``zoo_best_of_k`` per seen task, for the paired comparison with the method's. : dict
         ``group -> FinetuneResult`` (unseen, novel).
     audit : dict
         ``variant -> group -> copy-rule metrics`` (``"method"``: class rows; the
@@ -241,6 +242,7 @@ class ComparisonScores:
     zoo_best_of_all: float
     finetune: dict[str, FinetuneResult]
     audit: dict[str, dict[str, dict[str, float]]]
+    zoo_best_per_task: torch.Tensor | None = None
 
 
 def compare(
@@ -299,7 +301,9 @@ def compare(
     row_class = torch.tensor([list(c) for c in task_classes["zoo"]])[zoo.task_of_row]
     for g in ("seen", *FEW_SHOT):
         audit["method"][g] = row_copy_audit(method[g], zoo.stacked, row_class, settings.copy_ratio)
-    return ComparisonScores(baselines, abl, _mean(best), _mean(best_all), finetune, audit)
+    return ComparisonScores(
+        baselines, abl, _mean(best), _mean(best_all), finetune, audit, best.float()
+    )
 
 
 __all__ = [

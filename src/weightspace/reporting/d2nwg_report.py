@@ -19,6 +19,7 @@ from weightspace.evaluation.d2nwg_protocol import FewShotScores
 from weightspace.evaluation.retrieval import RetrievalScores
 from weightspace.generators.d2nwg_stages import VAEGateReport
 from weightspace.reporting import d2nwg_plots as plots
+from weightspace.reporting.spread import paired_difference
 
 STAGE_SECONDS = {
     "fit_weight_vae": "vae_seconds",
@@ -90,8 +91,34 @@ def fewshot_metrics(s: FewShotScores) -> dict[str, float]:
         "n_candidates": float(s.n_candidates),
         **s.audit,
         **(comparison_metrics(s.comparisons) if s.comparisons is not None else {}),
+        **seen_best_paired(s),
         **s.extra,
     }
+
+
+SEEN_GAP = "seen_best_minus_zoo_best_of_k"
+"""Prefix of the paired per-task comparison of best-of-K on seen tasks."""
+
+
+def seen_best_paired(s: FewShotScores) -> dict[str, float]:
+    """Seen tasks, per task: the method's best-of-K minus the zoo's best-of-k (both on
+    validation), with the 95% Student-t interval of the mean over tasks
+    (:func:`weightspace.reporting.spread.paired_difference`), tasks won and lost.
+
+    Keys ``seen_best_minus_zoo_best_of_k_{mean,ci_low,ci_high,wins,losses,tasks}``; none
+    without comparisons or seen tasks.
+    """
+    c = s.comparisons
+    if c is None or c.zoo_best_per_task is None or len(c.zoo_best_per_task) == 0:
+        return {}
+    ours, zoo = s.groups["seen"].best.tolist(), c.zoo_best_per_task.tolist()
+    d = paired_difference(ours, zoo)
+    losses = sum(a < b for a, b in zip(ours, zoo, strict=True))
+    return {
+        f"{SEEN_GAP}_mean": d.mean, f"{SEEN_GAP}_ci_low": d.ci_low,
+        f"{SEEN_GAP}_ci_high": d.ci_high, f"{SEEN_GAP}_wins": float(d.wins),
+        f"{SEEN_GAP}_losses": float(losses), f"{SEEN_GAP}_tasks": float(d.n),
+    }  # fmt: skip
 
 
 def _slug(name: str) -> str:
@@ -242,11 +269,13 @@ def prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
 
 
 __all__ = [
+    "SEEN_GAP",
     "STAGE_SECONDS",
     "fewshot_figures",
     "fewshot_metrics",
     "prefixed",
     "retrieval_figures",
     "retrieval_metrics",
+    "seen_best_paired",
     "stage_metrics",
 ]

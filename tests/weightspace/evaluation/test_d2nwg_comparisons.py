@@ -72,3 +72,22 @@ def test_comparison_metric_keys():
     assert m["unseen_finetune_nearest_acc"] == pytest.approx(0.7)  # mean of the last column
     assert m["unseen_finetune_nearest_lr"] == 0.01
     assert m["memorization_copy_share_novel"] == 0.25
+
+
+def test_seen_best_paired_by_hand():
+    from types import SimpleNamespace
+
+    from weightspace.reporting.d2nwg_report import seen_best_paired
+
+    zoo = torch.tensor([0.85, 0.8, 0.75])
+    ours = torch.tensor([0.9, 0.8, 0.7])  # gaps +0.05, 0, -0.05
+    c = SimpleNamespace(zoo_best_per_task=zoo)
+    s = SimpleNamespace(comparisons=c, groups={"seen": SimpleNamespace(best=ours)})
+    m = seen_best_paired(s)
+    p = "seen_best_minus_zoo_best_of_k"
+    assert m[f"{p}_mean"] == pytest.approx(0.0, abs=1e-7)
+    half = 4.302652729911275 * 0.05 / 3**0.5  # t(0.975, 2) x std / sqrt(n)
+    assert m[f"{p}_ci_high"] == pytest.approx(half, rel=1e-5)
+    assert m[f"{p}_ci_low"] == pytest.approx(-half, rel=1e-5)
+    assert (m[f"{p}_wins"], m[f"{p}_losses"], m[f"{p}_tasks"]) == (1.0, 1.0, 3.0)
+    assert seen_best_paired(SimpleNamespace(comparisons=None, groups={})) == {}
