@@ -464,10 +464,13 @@ def fit_diffusion(
             for chunk in tasks.split(1024)
         ]).view(n_tasks, cfg.sets_per_task, -1)  # fmt: skip
 
+    task_dev = task_of_row.to(device)
+
     def batch(rows: torch.Tensor, pick: torch.Tensor, gen_dev: torch.Generator):
+        rows, pick = rows.to(device), pick.to(device)
         with torch.no_grad():
-            x0 = model.vae.to_latent(chunks[rows.to(device)], sample=True, generator=gen_dev)
-        emb = emb_pool[task_of_row[rows].to(device), pick.to(device)]
+            x0 = model.vae.to_latent(chunks[rows], sample=True, generator=gen_dev)
+        emb = emb_pool[task_dev[rows], pick]
         return x0, model.cond_adapter(emb)
 
     losses = train_diffusion_loop(

@@ -11,7 +11,12 @@ rows) differ only in how a batch is made; this module holds the loop once:
 
 * each step draws ``rows`` (training items) and ``pick`` (which of the item's
   pre-drawn conditioning sets) from the CPU generator, in that order, then asks the
-  caller's ``batch(rows, pick, gen_dev)`` for ``(x0, cond)``;
+  caller's ``batch(rows, pick, gen_dev)`` for ``(x0, cond)``. The draws of
+  ``INDEX_CHUNK`` steps are made ahead and copied to the device at once
+  (:class:`IndexDraws`): the same numbers, but one host-to-device copy, which waits for
+  the device, per chunk instead of two per step, so the host can queue the next steps
+  while the device runs. ``rows`` and ``pick`` reach ``batch`` on the training device;
+  checkpoints store the CPU generator's state after the draws actually used;
 * periodic, atomic checkpoints of the whole state and resumption (an interrupted run
   ends with the same weights as an uninterrupted one), Ctrl-C honoured after a step;
 * at the end the EMA weights are copied into the trained modules.
@@ -35,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from weightspace.distributed import SINGLE, World, shard_slice
+from weightspace.errors import InvalidParameterError
 from weightspace.generators.data_parallel import (
     check_batch,
     cpu_state,
@@ -55,10 +61,69 @@ from weightspace.generators.training_checkpoint import (
 
 log = logging.getLogger(__name__)
 
+INDEX_CHUNK = 64
+"""Steps whose ``(rows, pick)`` are drawn ahead and copied to the device together."""
+
+
+class IndexDraws:
+    """Each step's ``(rows (b,), pick (b,))``, drawn from ``gen`` step after step (rows,
+    then pick), ``chunk`` steps ahead, and handed out on ``device``.
+
+    The numbers are those of drawing at every step; :meth:`consumed_state` is ``gen``'s
+    state after only the draws handed out so far (what a checkpoint must store).
+
+    Parameters
+    ----------
+    gen : torch.Generator
+        The CPU generator; advanced by every draw made ahead.
+    n_rows, n_sets, b : int
+        ``rows ~ U{0..n_rows-1}^b``, ``pick ~ U{0..n_sets-1}^b``.
+    steps : int
+        Steps left; no chunk draws beyond them.
+    """
+
+    def __init__(
+        self, gen: torch.Generator, n_rows: int, n_sets: int, b: int, steps: int,
+        device: torch.device, chunk: int = INDEX_CHUNK,
+    ) -> None:  # fmt: skip
+        self.gen, self.n_rows, self.n_sets, self.b = gen, n_rows, n_sets, b
+        self.left, self.device, self.chunk = steps, device, max(int(chunk), 1)
+        self._start = gen.get_state()
+        self._rows = self._pick = torch.zeros(0, b, dtype=torch.long)
+        self._used = 0
+
+    def _draw(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.randint(0, self.n_rows, (self.b,), generator=gen)
+        return rows, torch.randint(0, self.n_sets, rows.shape, generator=gen)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next step's ``(rows, pick)`` on the device."""
+        if self._used == len(self._rows):
+            n = min(self.chunk, self.left)
+            if n < 1:
+                raise InvalidParameterError("IndexDraws: every step's draws are used")
+            self._start = self.gen.get_state()
+            rows, pick = zip(*(self._draw(self.gen) for _ in range(n)), strict=True)
+            self._rows = torch.stack(rows).to(self.device)
+            self._pick = torch.stack(pick).to(self.device)
+            self._used, self.left = 0, self.left - n
+        i, self._used = self._used, self._used + 1
+        return self._rows[i], self._pick[i]
+
+    def consumed_state(self) -> torch.Tensor:
+        """``gen``'s state had only the handed-out steps been drawn."""
+        g = torch.Generator()
+        g.set_state(self._start)
+        for _ in range(self._used):
+            self._draw(g)
+        return g.get_state()
+
+
 BatchFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor | None]
 ]
-"""``batch(rows (b,), pick (b,), gen_dev) -> (x0 (b, ...), cond (b, ...) or None)``."""
+"""``batch(rows (b,), pick (b,), gen_dev) -> (x0 (b, ...), cond (b, ...) or None)``;
+``rows`` and ``pick`` are on the training device."""
 
 
 def train_diffusion_loop(
@@ -150,10 +215,11 @@ def train_diffusion_loop(
         range(start, training.steps), initial=start, total=training.steps, desc=f"d2nwg {stage}",
         disable=not progress or not world.is_main, mininterval=2,
     )  # fmt: skip
+    draws = IndexDraws(gen_cpu, n_rows, n_sets, b, training.steps - start, device)
+    used = torch.Generator()  # gen_cpu as it would be after the draws used so far
     with stop_on_sigint() as stop:
         for step in bar:
-            rows = torch.randint(0, n_rows, (b,), generator=gen_cpu)
-            pick = torch.randint(0, n_sets, rows.shape, generator=gen_cpu)
+            rows, pick = draws.next()
             loss = step_module(rows, pick)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,12 +230,14 @@ def train_diffusion_loop(
             done, last = step + 1, step + 1 == training.steps
             requested = _stop_requested(stop.requested, done, world)
             if ck is not None and (last or requested or ck.due(done)):
+                used.set_state(draws.consumed_state())
                 ck.save(done, {
                     "step": done, "model": trainable.state_dict(), "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(), "losses": losses_tensor(losses),
-                    "rng": get_rng_states(gen_cpu, gen_dev, device=device),
+                    "rng": get_rng_states(used, gen_dev, device=device),
                 })  # fmt: skip
             if requested and not last:
+                gen_cpu.set_state(draws.consumed_state())
                 world.barrier()  # rank 0's checkpoint is written before anyone stops
                 raise interrupted(stage, done, ck)
     ema.copy_to(trainable)
@@ -184,4 +252,4 @@ def _stop_requested(requested: bool, step: int, world: World, every: int = 50) -
     return world.any(requested) if step % every == 0 else False
 
 
-__all__ = ["BatchFn", "train_diffusion_loop"]
+__all__ = ["INDEX_CHUNK", "BatchFn", "IndexDraws", "train_diffusion_loop"]
