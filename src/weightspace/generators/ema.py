@@ -75,8 +75,11 @@ class EMA:
         params, buffers = self._check(model)
         d = self.current_decay()
         self.num_updates += 1
-        for k, s in self.shadow.items():
-            s.lerp_(params[k].detach(), 1.0 - d)
+        if self.shadow:  # one multi-tensor kernel on CUDA instead of one per parameter
+            keys = list(self.shadow)
+            torch._foreach_lerp_(
+                [self.shadow[k] for k in keys], [params[k].detach() for k in keys], 1.0 - d
+            )
         for k, v in self.copied.items():
             v.copy_(params[k] if k in params else buffers[k])
 

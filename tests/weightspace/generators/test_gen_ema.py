@@ -114,3 +114,19 @@ def test_state_dict_roundtrip_and_mismatch() -> None:
         ema.update(other)
     with pytest.raises(CheckpointMismatchError):
         EMA(other).load_state_dict(state)
+
+
+def test_update_equals_per_parameter_lerp_bitwise() -> None:
+    """The multi-tensor update is the per-parameter ``lerp_`` it replaced, bit for bit."""
+    model = net()
+    ema = EMA(model, decay=0.97)
+    for seed in range(5):
+        perturb(model, 10 + seed)
+        want = {k: s.clone() for k, s in ema.shadow.items()}
+        params = dict(model.named_parameters())
+        w = 1.0 - ema.current_decay()
+        for k in want:
+            want[k].lerp_(params[k].detach(), w)
+        ema.update(model)
+        for k in want:
+            assert torch.equal(ema.shadow[k], want[k]), k
